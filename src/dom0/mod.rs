@@ -1,0 +1,6 @@
+//! dom0 side: the daemon and the administrator's subcommands of `qvm-remote-dom0`.
+
+pub mod cli;
+pub mod daemon;
+pub mod sched;
+pub mod store;

@@ -1,0 +1,245 @@
+//! dom0's durable per-VM state (DESIGN §3 "replay store", §4 "at most once"):
+//! `<state_dir>/vms/<vm>/{seen,journal,held}/`.
+//!
+//! - `seen/<id>`: every authenticated id ever accepted for this VM, created with
+//!   `create_new` and fsynced *before* the job can run, so a replayed job is refused
+//!   even across crashes. Entries older than twice the replay window are pruned: a job
+//!   that old is refused by the window check anyway.
+//! - `journal/<id>`: the job was accepted and may be running. Written first. Cleared
+//!   when the agent ACKs the result. After a crash, an entry without a held result
+//!   becomes an `interrupted` result and is never run again.
+//! - `held/<id>.result`: a result not yet ACKed, sent again at the VM's next session.
+//!
+//! Order on ACK: journal first, then the held result, so a crash in between leaves a
+//! held result (sent again, harmless) and never a journal entry whose real result is
+//! gone (which would turn a finished job into `interrupted`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::id::CommandId;
+use crate::proto::result::MAX_RESULT_FILE;
+
+/// Most results one VM may leave unacknowledged before its new jobs are refused.
+pub const MAX_HELD_PER_VM: usize = 256;
+/// Most directory entries examined in one listing, so a flooded directory cannot make
+/// a scan unbounded.
+pub const MAX_LISTING: usize = 100_000;
+
+/// The state of one VM.
+#[derive(Debug)]
+pub struct VmStore {
+    seen: PathBuf,
+    journal: PathBuf,
+    held: PathBuf,
+}
+
+impl VmStore {
+    /// Opens (creating, mode 0700) the state of `vm` under `state_dir`.
+    pub fn open(state_dir: &Path, vm: &str) -> io::Result<VmStore> {
+        let base = state_dir.join("vms").join(vm);
+        let s = VmStore {
+            seen: base.join("seen"),
+            journal: base.join("journal"),
+            held: base.join("held"),
+        };
+        for d in [&s.seen, &s.journal, &s.held] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
+        }
+        Ok(s)
+    }
+
+    /// Journals `id` as accepted. `Ok(false)` if it was journalled already.
+    pub fn journal_start(&self, id: &CommandId) -> io::Result<bool> {
+        create_durable(&self.journal, id.as_str(), b"started\n")
+    }
+
+    /// Records `id` in the replay store. `Ok(false)` if it was seen before.
+    pub fn mark_seen(&self, id: &CommandId) -> io::Result<bool> {
+        create_durable(&self.seen, id.as_str(), b"")
+    }
+
+    /// True if `id` is journalled.
+    pub fn is_journalled(&self, id: &CommandId) -> bool {
+        self.journal.join(id.as_str()).exists()
+    }
+
+    /// Stores a result durably until it is ACKed.
+    pub fn hold(&self, id: &CommandId, bytes: &[u8]) -> io::Result<()> {
+        let name = format!("{id}.result");
+        let tmp = self.held.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.held.join(name))?;
+        sync_dir(&self.held)
+    }
+
+    /// The held result for `id`, if any.
+    pub fn held(&self, id: &CommandId) -> io::Result<Option<Vec<u8>>> {
+        let path = self.held.join(format!("{id}.result"));
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_RESULT_FILE as u64).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Ids of every held result, oldest id first.
+    pub fn held_ids(&self) -> io::Result<Vec<CommandId>> {
+        list_ids(&self.held, ".result")
+    }
+
+    /// Ids of every journal entry.
+    pub fn journal_ids(&self) -> io::Result<Vec<CommandId>> {
+        list_ids(&self.journal, "")
+    }
+
+    /// The agent stored the result: forget it. `Ok(false)` if nothing was held.
+    pub fn ack(&self, id: &CommandId) -> io::Result<bool> {
+        let held = self.held.join(format!("{id}.result"));
+        if !held.exists() {
+            return Ok(false);
+        }
+        remove_if_exists(&self.journal.join(id.as_str()))?;
+        sync_dir(&self.journal)?;
+        remove_if_exists(&held)?;
+        sync_dir(&self.held)?;
+        Ok(true)
+    }
+
+    /// Removes a journal entry that never became a job (a replay caught after it was
+    /// journalled).
+    pub fn unjournal(&self, id: &CommandId) -> io::Result<()> {
+        remove_if_exists(&self.journal.join(id.as_str()))?;
+        sync_dir(&self.journal)
+    }
+
+    /// Drops replay entries older than `age`; returns how many.
+    pub fn prune_seen(&self, age: Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.seen) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for e in entries.take(MAX_LISTING).flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d > age);
+            if old && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn create_durable(dir: &Path, name: &str, content: &[u8]) -> io::Result<bool> {
+    let mut f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(name))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(content)?;
+    f.sync_all()?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_if_exists(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn list_ids(dir: &Path, suffix: &str) -> io::Result<Vec<CommandId>> {
+    let mut ids = Vec::new();
+    for e in fs::read_dir(dir)?.take(MAX_LISTING).flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name
+            .strip_suffix(suffix)
+            .and_then(|n| CommandId::parse(n).ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "qvm-store-{}-{}",
+            std::process::id(),
+            crate::time::unix_now_ms()
+        ));
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn seen_and_journal_are_create_once() {
+        let dir = tmp();
+        let s = VmStore::open(&dir, "work").unwrap();
+        let id = CommandId::parse("20261204-153000-1-0123456789abcdef").unwrap();
+        assert!(s.journal_start(&id).unwrap());
+        assert!(!s.journal_start(&id).unwrap());
+        assert!(s.mark_seen(&id).unwrap());
+        assert!(!s.mark_seen(&id).unwrap());
+        // Reopening (a restart) keeps both.
+        let s = VmStore::open(&dir, "work").unwrap();
+        assert!(!s.mark_seen(&id).unwrap());
+        assert_eq!(s.journal_ids().unwrap(), vec![id.clone()]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ack_clears_journal_and_held_and_ignores_unknown_ids() {
+        let dir = tmp();
+        let s = VmStore::open(&dir, "work").unwrap();
+        let id = CommandId::parse("20261204-153000-1-0123456789abcdef").unwrap();
+        let other = CommandId::parse("20261204-153000-1-0123456789abcdee").unwrap();
+        s.journal_start(&id).unwrap();
+        s.hold(&id, b"result bytes").unwrap();
+        assert_eq!(s.held(&id).unwrap().unwrap(), b"result bytes");
+        assert_eq!(s.held_ids().unwrap(), vec![id.clone()]);
+        assert!(!s.ack(&other).unwrap());
+        assert!(s.ack(&id).unwrap());
+        assert!(s.held(&id).unwrap().is_none());
+        assert!(s.journal_ids().unwrap().is_empty());
+        assert!(!s.ack(&id).unwrap());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
