@@ -29,13 +29,16 @@ test:
 bench-crypto:
 	$(CARGO) run --release -p qvm-remote-hmac --example bench-crypto
 
-demo:
-	@echo "make demo: not yet — the core pipeline has not landed (see the core pipeline issue)" >&2
-	@exit 1
+DEMO_DIR ?= /tmp/qvm-remote-demo
+
+demo: build
+	tests/sim/demo.sh start $(CURDIR)/target/debug $(DEMO_DIR)
+
+demo-stop:
+	tests/sim/demo.sh stop $(DEMO_DIR)
 
 bench:
-	@echo "make bench: not yet — the core pipeline has not landed; try make bench-crypto" >&2
-	@exit 1
+	$(CARGO) test --release --test bench -- --ignored --nocapture --test-threads 1
 
 fmt:
 	$(CARGO) fmt --all

@@ -142,25 +142,32 @@ where
         // The receiver is gone only if the session already ended.
         let _ = tx.send(end);
     });
-    let end = sent.and_then(|()| send_loop(dd, &out, mode, &rx));
-    match end {
-        Err(AgentError::Channel(_)) => rx.recv_timeout(CHANNEL_GRACE).unwrap_or(end),
+    match sent.and_then(|()| send_loop(dd, &out, mode, &rx)) {
+        // The reader ended the session, and logged why if it was an error.
+        Ok(verdict) => verdict,
         Err(e) => {
+            if matches!(e, AgentError::Channel(_)) {
+                if let Ok(verdict) = rx.recv_timeout(CHANNEL_GRACE) {
+                    return verdict;
+                }
+            }
             log(dd, &format!("session error: {e}"));
             Err(e)
         }
-        Ok(()) => Ok(()),
     }
 }
 
+/// How the reader thread ended the session (its errors are logged already).
 type Verdict = Result<(), AgentError>;
 
+/// Sends the queue; returns the reader's verdict when the session ends, or the
+/// sender's own error.
 fn send_loop<W: Write>(
     dd: &DataDir,
     out: &Mutex<W>,
     mode: Mode,
     rx: &mpsc::Receiver<Verdict>,
-) -> Verdict {
+) -> Result<Verdict, AgentError> {
     let mut scanner = Scanner {
         dd,
         reported: HashSet::new(),
@@ -169,10 +176,10 @@ fn send_loop<W: Write>(
     scanner.send_pending(out)?;
     send(out, FrameType::Idle, b"")?;
     match mode {
-        Mode::Once => rx.recv().unwrap_or(Err(AgentError::ReaderGone)),
+        Mode::Once => rx.recv().map_err(|_| AgentError::ReaderGone),
         Mode::Stream => loop {
             match rx.recv_timeout(AGENT_RESCAN) {
-                Ok(end) => return end,
+                Ok(verdict) => return Ok(verdict),
                 Err(RecvTimeoutError::Disconnected) => return Err(AgentError::ReaderGone),
                 Err(RecvTimeoutError::Timeout) => {
                     if scanner.send_pending(out)? > 0 {

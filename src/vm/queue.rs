@@ -128,16 +128,18 @@ fn debug(dd: &DataDir, console: &mut Console<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads the id from a job or result header.
+type PeekId = fn(&[u8]) -> Option<CommandId>;
+
 /// For a job or result file: the id in its header and whether it matches the name.
 fn header_note(path: &Path, name: &[u8]) -> String {
-    let (stem, max, peek): (&[u8], usize, fn(&[u8]) -> Option<CommandId>) =
-        if let Some(s) = name.strip_suffix(b".job") {
-            (s, MAX_JOB_HEADER, job::peek_id)
-        } else if let Some(s) = name.strip_suffix(b".result") {
-            (s, MAX_RESULT_HEADER, result::peek_id)
-        } else {
-            return String::new();
-        };
+    let (stem, max, peek): (&[u8], usize, PeekId) = if let Some(s) = name.strip_suffix(b".job") {
+        (s, MAX_JOB_HEADER, job::peek_id)
+    } else if let Some(s) = name.strip_suffix(b".result") {
+        (s, MAX_RESULT_HEADER, result::peek_id)
+    } else {
+        return String::new();
+    };
     let Ok(head) = files::read_prefix(path, max) else {
         return " unreadable".to_string();
     };
@@ -175,12 +177,11 @@ fn clean(dd: &DataDir, console: &mut Console<'_>) -> Result<(), Error> {
             } else if datadir::is_tmp_name(bytes) {
                 older_than(&meta, STALE_TMP)
             } else if q == QueueDir::Results {
-                let orphan = bytes
+                let waited_for = bytes
                     .strip_suffix(b".result")
                     .and_then(|s| CommandId::from_bytes(s).ok())
-                    .map_or(true, |id| {
-                        !files::exists(&dd.job_path(QueueDir::Running, &id))
-                    });
+                    .is_some_and(|id| files::exists(&dd.job_path(QueueDir::Running, &id)));
+                let orphan = !waited_for;
                 orphan && older_than(&meta, STALE_RESULT)
             } else {
                 false
