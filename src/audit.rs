@@ -112,8 +112,8 @@ impl AuditLog {
         drop(inner);
         match self.echo {
             Echo::Quiet => {}
-            Echo::Stderr => eprint!("{text}\n"),
-            Echo::StderrColour => eprint!("{}\n", colour(&text, category)),
+            Echo::Stderr => eprintln!("{text}"),
+            Echo::StderrColour => eprintln!("{}", colour(&text, category)),
         }
     }
 

@@ -62,7 +62,11 @@ fn time_client(sim: &Sim, vm: &str, args: &[&str]) -> Duration {
     let t = Instant::now();
     let out = client_command(sim, vm, args).output().unwrap();
     let d = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d
 }
 
@@ -152,10 +156,15 @@ fn print(rows: &[Row]) {
     let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(6);
     println!();
     println!(
-        "| {:w0$} | {:>w1$} | {:>w2$} | {} |",
-        "figure", "ours", "anchor", "target (pass?)"
+        "| {:w0$} | {:>w1$} | {:>w2$} | target (pass?) |",
+        "figure", "ours", "anchor"
     );
-    println!("|{}|{}|{}|---|", "-".repeat(w0 + 2), "-".repeat(w1 + 2), "-".repeat(w2 + 2));
+    println!(
+        "|{}|{}|{}|---|",
+        "-".repeat(w0 + 2),
+        "-".repeat(w1 + 2),
+        "-".repeat(w2 + 2)
+    );
     for r in rows {
         println!("| {:w0$} | {:>w1$} | {:>w2$} | {} |", r.0, r.1, r.2, r.3);
     }
@@ -216,9 +225,18 @@ fn pipeline_benchmark() {
         "poll: `echo ok` p50 (ms), interval 1 s",
         format!("{p50:.1}"),
         format!("{spawn_p50:.1}"),
-        format!("≤ interval/2 + 3 spawns = {bound:.0} ({})", pass(p50 <= bound)),
+        format!(
+            "≤ interval/2 + 3 spawns = {bound:.0} ({})",
+            pass(p50 <= bound)
+        ),
     );
-    row(&mut rows, "poll: `echo ok` p99 (ms)", format!("{p99:.1}"), "-".into(), "-".into());
+    row(
+        &mut rows,
+        "poll: `echo ok` p99 (ms)",
+        format!("{p99:.1}"),
+        "-".into(),
+        "-".into(),
+    );
     let cycles = elapsed / 1.0;
     let per_cycle = spawned as f64 / cycles;
     row(
@@ -298,14 +316,22 @@ fn pipeline_benchmark() {
         "stream: `echo ok` p50 (ms)",
         format!("{p50:.1}"),
         format!("{spawn_p50:.1}"),
-        format!("≤ 3× spawn = {:.1} ({})", 3.0 * spawn_p50, pass(p50 <= 3.0 * spawn_p50)),
+        format!(
+            "≤ 3× spawn = {:.1} ({})",
+            3.0 * spawn_p50,
+            pass(p50 <= 3.0 * spawn_p50)
+        ),
     );
     row(
         &mut rows,
         "stream: `echo ok` p99 (ms)",
         format!("{p99:.1}"),
         format!("{spawn_p50:.1}"),
-        format!("≤ 6× spawn = {:.1} ({})", 6.0 * spawn_p50, pass(p99 <= 6.0 * spawn_p50)),
+        format!(
+            "≤ 6× spawn = {:.1} ({})",
+            6.0 * spawn_p50,
+            pass(p99 <= 6.0 * spawn_p50)
+        ),
     );
     row(
         &mut rows,

@@ -73,7 +73,10 @@ fn stdin_bytes_and_large_output_are_byte_exact() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(out.stdout == data, "stdin round trip differs");
 
-    let out = sim.client("work", &["head -c 5242880 /dev/urandom | tee /dev/stderr | sha256sum"]);
+    let out = sim.client(
+        "work",
+        &["head -c 5242880 /dev/urandom | tee /dev/stderr | sha256sum"],
+    );
     assert_eq!(code(&out), 0);
     let digest = qvm_remote_hmac::hex::encode(&qvm_remote_hmac::sha256(&out.stderr));
     assert_eq!(out.stderr.len(), 5 * 1024 * 1024);
@@ -85,7 +88,10 @@ fn output_over_the_cap_is_truncated_and_marked() {
     let mut sim = Sim::new(&["work"]);
     sim.set("QVM_REMOTE_MAX_OUTPUT", "1000");
     sim.start_daemon();
-    let out = sim.client("work", &["head -c 5000 /dev/zero | tr '\\0' x; echo done >&2"]);
+    let out = sim.client(
+        "work",
+        &["head -c 5000 /dev/zero | tr '\\0' x; echo done >&2"],
+    );
     assert_eq!(code(&out), 0);
     assert_eq!(out.stdout, vec![b'x'; 1000]);
     assert!(stderr(&out).contains("done"));
@@ -106,7 +112,8 @@ fn timeouts_kill_the_whole_job() {
     let out = sim.client("work", &["-t", "2", &cmd]);
     assert_eq!(code(&out), 124);
     assert!(
-        wait_for(Duration::from_secs(5), || processes_matching(&tag).is_empty()),
+        wait_for(Duration::from_secs(5), || processes_matching(&tag)
+            .is_empty()),
         "background sleepers survived the timeout"
     );
 }
@@ -154,9 +161,7 @@ fn vm_key(sim: &Sim, vm: &str) -> Key {
 }
 
 fn wait_result(sim: &Sim, vm: &str, id: &CommandId) -> JobResult {
-    let path = sim
-        .vm_data(vm)
-        .join(format!("queue/results/{id}.result"));
+    let path = sim.vm_data(vm).join(format!("queue/results/{id}.result"));
     assert!(
         wait_for(Duration::from_secs(20), || path.exists()),
         "no result for {id}"
@@ -223,7 +228,11 @@ fn forged_and_replayed_jobs_never_run() {
     let r = wait_result(&sim, "work", &j.id);
     assert_eq!(r.status, Status::Rejected, "{r:?}");
     assert!(r.reason.contains("replay"), "{}", r.reason);
-    assert_eq!(fs::read_to_string(&marker).unwrap(), "x\n", "the replay ran");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        "x\n",
+        "the replay ran"
+    );
 }
 
 #[test]
@@ -327,7 +336,8 @@ fn a_result_with_a_bad_mac_is_refused_by_the_client() {
     assert!(wait_for(Duration::from_secs(10), || {
         id = fs::read_dir(&pending).unwrap().flatten().find_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".job").and_then(|s| CommandId::parse(s).ok())
+            n.strip_suffix(".job")
+                .and_then(|s| CommandId::parse(s).ok())
         });
         id.is_some()
     }));

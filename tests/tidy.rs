@@ -89,7 +89,7 @@ fn lockfile_holds_only_our_crates_and_libc() {
     let mut names = Vec::new();
     let mut current: Option<String> = None;
     let mut from_registry = false;
-    let mut flush = |name: Option<String>, registry: bool, names: &mut Vec<(String, bool)>| {
+    let flush = |name: Option<String>, registry: bool, names: &mut Vec<(String, bool)>| {
         if let Some(n) = name {
             names.push((n, registry));
         }

@@ -163,8 +163,13 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         // Hold the only worker so the queues fill before anything runs.
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
-        s.submit("gate", Box::new(move || drop(gate_rx.recv())))
-            .unwrap();
+        s.submit(
+            "gate",
+            Box::new(move || {
+                let _ = gate_rx.recv();
+            }),
+        )
+        .unwrap();
         for i in 0..10 {
             let tx = tx.clone();
             s.submit(

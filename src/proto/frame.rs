@@ -323,13 +323,13 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = read_all(input);
-            let ok = match (want, &got) {
-                ("too long", Err(FrameError::HeaderTooLong)) => true,
-                ("bad", Err(FrameError::BadHeader)) => true,
-                ("unknown", Err(FrameError::UnknownType)) => true,
-                ("truncated", Err(FrameError::Truncated)) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (want, &got),
+                ("too long", Err(FrameError::HeaderTooLong))
+                    | ("bad", Err(FrameError::BadHeader))
+                    | ("unknown", Err(FrameError::UnknownType))
+                    | ("truncated", Err(FrameError::Truncated))
+            );
             assert!(ok, "{:?} gave {got:?}", String::from_utf8_lossy(input));
         }
         assert!(read_all(b"").unwrap().is_empty());

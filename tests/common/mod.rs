@@ -80,9 +80,15 @@ impl Sim {
             ("QVM_REMOTE_QVM_RUN", qvm_run.display().to_string()),
             ("QVM_REMOTE_KEYS_DIR", d.join("keys").display().to_string()),
             ("QVM_REMOTE_POLICY", d.join("policy").display().to_string()),
-            ("QVM_REMOTE_STATE_DIR", d.join("state").display().to_string()),
+            (
+                "QVM_REMOTE_STATE_DIR",
+                d.join("state").display().to_string(),
+            ),
             ("QVM_REMOTE_RUN_DIR", d.join("run").display().to_string()),
-            ("QVM_REMOTE_LOG", d.join("log/qvm-remote.log").display().to_string()),
+            (
+                "QVM_REMOTE_LOG",
+                d.join("log/qvm-remote.log").display().to_string(),
+            ),
         ];
         for (k, v) in defaults {
             sim.conf_lines.push((k.to_string(), v));
@@ -236,7 +242,10 @@ impl Sim {
 
     pub fn spawns(&self, vm: &str) -> usize {
         let out = self.simctl(&["spawns", vm]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// A path in a shared scratch dir that both VMs and dom0 jobs may write to, for
