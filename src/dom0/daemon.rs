@@ -17,7 +17,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -54,6 +54,9 @@ pub const MAX_DOWN_BACKOFF: Duration = Duration::from_secs(10);
 pub const SESSION_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// On SIGTERM, running jobs get this long to finish before they are killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Live output bytes that may wait for one VM's writer; past it, chunks are dropped
+/// from the live stream (the result still carries them).
+pub const MAX_LIVE_BYTES: usize = 1 << 20;
 /// Status file refresh interval.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest command text written to the audit log.
@@ -130,6 +133,8 @@ struct Stats {
 
 enum Out {
     Frame(FrameType, Vec<u8>),
+    /// A live output chunk, counted in `Vm::live_bytes` until written.
+    Live(FrameType, Vec<u8>),
     Held(CommandId),
 }
 
@@ -145,6 +150,8 @@ struct Vm {
     /// Conditions already logged, so a VM stuck in one state logs it once.
     noted: Mutex<HashSet<String>>,
     running_jobs: AtomicU64,
+    /// Bytes of live output queued for this VM's writer.
+    live_bytes: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,6 +174,22 @@ impl Vm {
 
     fn clear_note(&self, key: &str) -> bool {
         lock(&self.noted).remove(key)
+    }
+
+    /// Queues a live output chunk unless this VM already has `MAX_LIVE_BYTES` of them
+    /// waiting to be written: a VM that does not read cannot make dom0 buffer more.
+    fn send_live(&self, kind: FrameType, payload: Vec<u8>) -> bool {
+        let n = payload.len();
+        if self.live_bytes.fetch_add(n, Ordering::SeqCst) + n > MAX_LIVE_BYTES {
+            self.live_bytes.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        if self.send(Out::Live(kind, payload)) {
+            true
+        } else {
+            self.live_bytes.fetch_sub(n, Ordering::SeqCst);
+            false
+        }
     }
 
     fn send(&self, out: Out) -> bool {
@@ -272,6 +295,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
             stats: Mutex::new(Stats::default()),
             noted: Mutex::new(HashSet::new()),
             running_jobs: AtomicU64::new(0),
+            live_bytes: AtomicUsize::new(0),
         });
         recover(&shared, &vm);
         vms.push(vm);
@@ -568,6 +592,8 @@ fn session(shared: &Arc<Shared>, vm: &Arc<Vm>) -> SessionEnd {
     drop(ev_rx);
     let _ = writer.join();
     let _ = reader.join();
+    // Chunks still queued when the writer stopped were dropped with the channel.
+    vm.live_bytes.store(0, Ordering::SeqCst);
     if vm.resync.swap(false, Ordering::SeqCst) && end == SessionEnd::Normal {
         return SessionEnd::Normal;
     }
@@ -584,6 +610,11 @@ fn writer_loop(mut stdin: ChildStdin, rx: Receiver<Out>, vm: &Vm) {
     for out in rx {
         let res = match out {
             Out::Frame(kind, payload) => write_frame(&mut stdin, kind, &payload),
+            Out::Live(kind, payload) => {
+                let r = write_frame(&mut stdin, kind, &payload);
+                vm.live_bytes.fetch_sub(payload.len(), Ordering::SeqCst);
+                r
+            }
             // Read from the held store when it is time to send, so a backlog of
             // results costs disk, not memory.
             Out::Held(id) => match vm.store.held(&id) {
@@ -950,9 +981,12 @@ fn execute(shared: &Shared, vm: &Vm, job: &Job, ctl: &JobCtl, accepted: Instant)
         kill_grace: exec::KILL_GRACE,
         argv: None,
     };
-    let live = shared.cfg.mode == Mode::Stream && !shared.opts.once;
+    // Live output (stream mode). Once one chunk of this job cannot be queued, the job
+    // streams nothing more: what the client saw is then a prefix of each output, and
+    // it takes the rest from the result, which always holds every byte.
+    let live = AtomicBool::new(shared.cfg.mode == Mode::Stream && !shared.opts.once);
     let on_chunk = |stream: Stream, bytes: &[u8]| {
-        if !live {
+        if !live.load(Ordering::Relaxed) {
             return;
         }
         let kind = match stream {
@@ -964,8 +998,10 @@ fn execute(shared: &Shared, vm: &Vm, job: &Job, ctl: &JobCtl, accepted: Instant)
             payload.extend_from_slice(id.as_str().as_bytes());
             payload.push(b'\n');
             payload.extend_from_slice(part);
-            // A full outbox drops live chunks; the result still carries every byte.
-            vm.send(Out::Frame(kind, payload));
+            if !vm.send_live(kind, payload) {
+                live.store(false, Ordering::Relaxed);
+                return;
+            }
         }
     };
     vm.running_jobs.fetch_add(1, Ordering::SeqCst);
