@@ -102,12 +102,14 @@ fn output_over_the_cap_is_truncated_and_marked() {
 fn timeouts_kill_the_whole_job() {
     let sim = running_sim(&["work"]);
     let start = Instant::now();
-    let out = sim.client("work", &["-t", "2", "sleep 30"]);
+    // Unique durations, so processes of tests running alongside never match.
+    let single = format!("sleep 30.{}1", std::process::id());
+    let out = sim.client("work", &["-t", "2", &single]);
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     assert!(start.elapsed() < Duration::from_secs(20));
-    assert!(processes_matching("sleep 30").is_empty());
+    assert!(processes_matching(&single).is_empty());
 
-    let tag = format!("sleep 3{}", std::process::id() % 100 + 100);
+    let tag = format!("sleep 30.{}2", std::process::id());
     let cmd = format!("for i in $(seq 50); do {tag} & done; wait");
     let out = sim.client("work", &["-t", "2", &cmd]);
     assert_eq!(code(&out), 124);
@@ -221,6 +223,12 @@ fn forged_and_replayed_jobs_never_run() {
     queue_raw(&sim, "work", &j.id, &bytes);
     let r = wait_result(&sim, "work", &j.id);
     assert_eq!(r.status, Status::Done);
+    // Until dom0 has the agent's ACK it still holds the result and would simply send
+    // it again (DESIGN §4); the replay case is the one after that.
+    let held = sim.dom0.join("state/vms/work/held");
+    assert!(wait_for(Duration::from_secs(10), || fs::read_dir(&held)
+        .map(|d| d.count() == 0)
+        .unwrap_or(false)));
     let data = sim.vm_data("work");
     fs::remove_file(data.join(format!("queue/results/{}.result", j.id))).unwrap();
     let _ = fs::remove_file(data.join(format!("queue/running/{}.job", j.id)));
@@ -366,4 +374,139 @@ fn the_audit_log_records_each_job_and_verifies() {
     let path = sim.dom0.join("log/qvm-remote.log");
     let (n, _) = qvm_remote::audit::verify(&path, qvm_remote::audit::GENESIS).unwrap();
     assert!(n >= 4);
+}
+
+#[test]
+fn sigterm_lets_a_running_job_finish_then_exits_cleanly() {
+    let mut sim = running_sim(&["work"]);
+    let marker = sim.marker("graceful");
+    let cmd = format!("sleep 1; echo finished > {}", marker.display());
+    let client = std::thread::spawn({
+        let sim_dir = sim.sim_dir.clone();
+        move || {
+            let mut c = std::process::Command::new(sim_tools().join("simctl"));
+            c.args(["exec", "work", "qvm-remote", &cmd])
+                .env("QVM_SIM_DIR", sim_dir);
+            run_with_stdin(c, b"")
+        }
+    });
+    // Wait until the job runs, then ask the daemon to stop.
+    assert!(wait_for(Duration::from_secs(20), || sim
+        .log_text()
+        .contains(" EXEC ")));
+    let code_at_exit = sim.stop_daemon();
+    assert_eq!(code_at_exit, Some(0));
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "finished\n");
+    let log = sim.log_text();
+    assert!(log.contains(" STOP "), "{log}");
+    // The result was held; the next daemon delivers it to the waiting client.
+    sim.start_daemon();
+    let out = client.join().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn once_and_dry_run() {
+    let sim = Sim::new(&["work"]);
+    let marker = sim.marker("dry");
+    // Queue a job while no daemon runs, then let a --dry-run --once daemon answer it.
+    let client = std::thread::spawn({
+        let sim_dir = sim.sim_dir.clone();
+        let cmd = format!("touch {}", marker.display());
+        move || {
+            let mut c = std::process::Command::new(sim_tools().join("simctl"));
+            c.args(["exec", "work", "qvm-remote", &cmd])
+                .env("QVM_SIM_DIR", sim_dir);
+            run_with_stdin(c, b"")
+        }
+    });
+    let pending = sim.vm_data("work").join("queue/pending");
+    assert!(wait_for(Duration::from_secs(10), || fs::read_dir(&pending)
+        .map(|d| d.count() > 0)
+        .unwrap_or(false)));
+    let out = sim.dom0_cmd(&["--once", "--dry-run"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = client.join().unwrap();
+    assert_eq!(code(&out), 126, "{}", stderr(&out));
+    assert!(stderr(&out).contains("dry-run"), "{}", stderr(&out));
+    assert!(!marker.exists());
+    assert!(sim.log_text().contains(" DRY "));
+    // --once without --dry-run runs it and exits.
+    let client = std::thread::spawn({
+        let sim_dir = sim.sim_dir.clone();
+        move || {
+            let mut c = std::process::Command::new(sim_tools().join("simctl"));
+            c.args(["exec", "work", "qvm-remote", "echo", "once"])
+                .env("QVM_SIM_DIR", sim_dir);
+            run_with_stdin(c, b"")
+        }
+    });
+    assert!(wait_for(Duration::from_secs(10), || fs::read_dir(&pending)
+        .map(|d| d.count() > 0)
+        .unwrap_or(false)));
+    let out = sim.dom0_cmd(&["--once"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = client.join().unwrap();
+    assert_eq!(stdout(&out), "once\n");
+}
+
+#[test]
+fn status_and_check_config_report_the_daemon() {
+    let mut sim = Sim::new(&["work", "dev"]);
+    let out = sim.dom0_cmd(&["check-config"], b"");
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("no policy file"), "{}", stdout(&out));
+    let out = sim.dom0_cmd(&["status"], b"");
+    assert_eq!(code(&out), 1, "status without a daemon must fail");
+    sim.start_daemon();
+    let ok = sim.client("work", &["true"]);
+    assert_eq!(code(&ok), 0);
+    assert!(wait_for(Duration::from_secs(5), || {
+        let out = sim.dom0_cmd(&["status"], b"");
+        code(&out) == 0 && stdout(&out).contains("work") && stdout(&out).contains("dev")
+    }));
+    let out = sim.dom0_cmd(&["keys"], b"");
+    let text = stdout(&out);
+    assert!(text.contains("work") && text.contains("dev"), "{text}");
+    let key = fs::read_to_string(sim.vm_data("work").join("auth.key")).unwrap();
+    assert!(!text.contains(key.trim()), "keys printed key material");
+}
+
+#[test]
+fn config_errors_name_the_line() {
+    let mut sim = Sim::new(&["work"]);
+    sim.set("QVM_REMOTE_TYPO", "1");
+    let out = sim.dom0_cmd(&["check-config"], b"");
+    assert_ne!(code(&out), 0);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("remote.conf:10"), "{all}");
+    assert!(all.contains("unknown key"), "{all}");
+}
+
+#[test]
+fn bad_names_and_symlinks_in_the_queue_are_never_sent() {
+    let sim = running_sim(&["work"]);
+    let data = sim.vm_data("work");
+    let pending = data.join("queue/pending");
+    let outside = sim.marker("outside.job");
+    let key = vm_key(&sim, "work");
+    let evil = job(
+        &format!("touch {}", sim.marker("symlinked").display()),
+        qvm_remote::time::unix_now(),
+    );
+    fs::write(&outside, evil.encode(&key)).unwrap();
+    std::os::unix::fs::symlink(&outside, pending.join(format!("{}.job", evil.id))).unwrap();
+    fs::write(pending.join("bad.job"), b"x").unwrap();
+    chown_like(&pending.join("bad.job"), &pending);
+    // A well-formed job behind them still runs: one bad file never blocks the queue.
+    let out = sim.client("work", &["echo", "after"]);
+    assert_eq!(stdout(&out), "after\n", "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!sim.marker("symlinked").exists(), "a symlinked job ran");
+    let rejected: Vec<String> = fs::read_dir(data.join("queue/rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(rejected.iter().any(|n| n.contains("bad")), "{rejected:?}");
 }
