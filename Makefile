@@ -4,7 +4,7 @@ CARGO ?= cargo
 PREFIX ?= /usr
 DESTDIR ?=
 
-.PHONY: all build release test demo demo-stop bench bench-crypto fmt clippy clean help
+.PHONY: all build release test demo demo-stop bench bench-crypto fuzz fmt clippy clean help
 
 all: build
 
@@ -16,6 +16,7 @@ help:
 	@echo "make demo-stop     stops the demo daemon"
 	@echo "make bench         pipeline benchmark table (latency, spawns, RSS)"
 	@echo "make bench-crypto  SHA-256 throughput table beside openssl speed"
+	@echo "make fuzz          the randomised parser tests, far longer than in make test"
 
 build:
 	$(CARGO) build --workspace
@@ -39,6 +40,11 @@ demo-stop:
 
 bench:
 	$(CARGO) test --release --test bench -- --ignored --nocapture --test-threads 1
+
+FUZZ_ITERS ?= 300000
+
+fuzz:
+	QVM_FUZZ_ITERS=$(FUZZ_ITERS) QVM_FUZZ_SEED=$$(date +%s) $(CARGO) test --release --test fuzz -- --nocapture
 
 fmt:
 	$(CARGO) fmt --all
