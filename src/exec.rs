@@ -338,6 +338,18 @@ pub fn run(
     cancel: &AtomicBool,
     on_chunk: &(dyn Fn(Stream, &[u8]) + Sync),
 ) -> Result<ExecOutcome, ExecError> {
+    run_observed(spec, cancel, on_chunk, &|_| {})
+}
+
+/// [`run`], calling `on_spawn(pid)` as soon as the job's process exists. The pid is also
+/// the job's process group and session id: the daemon journals it, so that after a
+/// crash the next daemon can kill what the job left running ([`kill_leftovers`]).
+pub fn run_observed(
+    spec: &ExecSpec,
+    cancel: &AtomicBool,
+    on_chunk: &(dyn Fn(Stream, &[u8]) + Sync),
+    on_spawn: &dyn Fn(u32),
+) -> Result<ExecOutcome, ExecError> {
     if !is_safe_id(spec.id) {
         return Err(ExecError::UnsafeId);
     }
@@ -352,6 +364,7 @@ pub fn run(
     let mut child = command
         .spawn()
         .map_err(|source| ExecError::Spawn { program, source })?;
+    on_spawn(child.id());
     let supervised = supervise(&mut child, spec, cancel, on_chunk, started);
     let status = child.wait();
     let supervised = supervised?;
@@ -721,6 +734,51 @@ fn watch(
 /// than the SIGKILL and the session sweep that always follow.
 fn signal_group(pgid: i32, sig: Signal) {
     let _ = sys::kill_group(pgid, sig);
+}
+
+/// The start time of `pid` (field 22 of `/proc/<pid>/stat`, in clock ticks since boot),
+/// which tells a process from a later one that reuses its pid.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let pid = i32::try_from(pid).ok()?;
+    let file = File::open(Path::new(PROC_ROOT).join(pid.to_string()).join("stat")).ok()?;
+    let mut text = Vec::new();
+    file.take(PROC_STAT_MAX).read_to_end(&mut text).ok()?;
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
+    // After the command name come fields 3 onwards; the start time is field 22.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// After a daemon crash: kills every process still in the session of a job whose main
+/// process had `pid` and `start_time`. A live process with that pid but another start
+/// time is a stranger that reused the pid, and nothing is killed. If the main process
+/// is gone, the kernel has not reused its pid while anything remains in its session, so
+/// the remaining members are the job's own. Returns how many processes were signalled.
+pub fn kill_leftovers(pid: u32, start_time: u64) -> usize {
+    let Ok(sid) = i32::try_from(pid) else {
+        return 0;
+    };
+    if sid <= 1 {
+        return 0;
+    }
+    if let Some(now) = process_start_time(pid) {
+        if now != start_time {
+            return 0;
+        }
+    }
+    let mut killed = 0;
+    for _ in 0..SWEEP_ROUNDS {
+        let members = session_members(sid);
+        if members.is_empty() {
+            break;
+        }
+        for member in members {
+            kill_session_member(member, sid);
+            killed += 1;
+        }
+        thread::sleep(SWEEP_PAUSE);
+    }
+    killed
 }
 
 /// Kills whatever is left of the job once its main process has exited (unreaped): the

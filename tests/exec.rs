@@ -852,3 +852,31 @@ fn start_time_and_duration_are_plausible() {
     assert!(ran.outcome.duration >= Duration::from_millis(200));
     assert!(ran.outcome.duration <= ran.elapsed);
 }
+
+/// After a daemon crash the next daemon kills what a journalled job left running, but
+/// only if the journalled start time proves the pid is still that job's.
+#[test]
+fn kill_leftovers_kills_the_journalled_session_and_spares_strangers() {
+    use qvm_remote::exec::{kill_leftovers, process_start_time};
+    use std::process::{Command, Stdio};
+    // The child is not a group leader, so setsid(1) calls setsid() without forking and
+    // execs sleep: the child's pid is the new session's id, like a job's.
+    let mut stranger = Command::new("setsid")
+        .args(["sleep", "300"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = stranger.id();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let start = process_start_time(pid).expect("start time");
+    // A wrong start time means the pid belongs to someone else: nothing is killed.
+    assert_eq!(kill_leftovers(pid, start + 1), 0);
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "a stranger was killed"
+    );
+    // The right one kills the whole session.
+    assert!(kill_leftovers(pid, start) >= 1);
+    let status = stranger.wait().unwrap();
+    assert!(!status.success());
+}

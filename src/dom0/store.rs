@@ -60,6 +60,43 @@ impl VmStore {
         create_durable(&self.journal, id.as_str(), b"started\n")
     }
 
+    /// Notes in `id`'s journal entry the pid and start time of its running process, so
+    /// that after a crash the leftovers can be killed (`exec::kill_leftovers`).
+    pub fn journal_pid(&self, id: &CommandId, pid: u32, start_time: u64) -> io::Result<()> {
+        let name = id.as_str();
+        let tmp = self.journal.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("running pid={pid} start={start_time}\n").as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.journal.join(name))?;
+        sync_dir(&self.journal)
+    }
+
+    /// The pid and start time journalled for `id`, if its process was started.
+    pub fn journalled_pid(&self, id: &CommandId) -> Option<(u32, u64)> {
+        let mut text = String::new();
+        File::open(self.journal.join(id.as_str()))
+            .ok()?
+            .take(256)
+            .read_to_string(&mut text)
+            .ok()?;
+        let mut pid = None;
+        let mut start = None;
+        for field in text.split_whitespace() {
+            if let Some(v) = field.strip_prefix("pid=") {
+                pid = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("start=") {
+                start = v.parse().ok();
+            }
+        }
+        Some((pid?, start?))
+    }
+
     /// Records `id` in the replay store. `Ok(false)` if it was seen before.
     pub fn mark_seen(&self, id: &CommandId) -> io::Result<bool> {
         create_durable(&self.seen, id.as_str(), b"")
@@ -215,6 +252,10 @@ mod tests {
         let s = VmStore::open(&dir, "work").unwrap();
         let id = CommandId::parse("20261204-153000-1-0123456789abcdef").unwrap();
         assert!(s.journal_start(&id).unwrap());
+        assert!(!s.journal_start(&id).unwrap());
+        assert_eq!(s.journalled_pid(&id), None);
+        s.journal_pid(&id, 4242, 99).unwrap();
+        assert_eq!(s.journalled_pid(&id), Some((4242, 99)));
         assert!(!s.journal_start(&id).unwrap());
         assert!(s.mark_seen(&id).unwrap());
         assert!(!s.mark_seen(&id).unwrap());
