@@ -15,6 +15,8 @@ pub mod exec;
 pub mod id;
 pub mod json;
 pub mod keys;
+pub mod panel;
+pub mod policy;
 pub mod proto;
 pub mod rand;
 #[allow(unsafe_code)]

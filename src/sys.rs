@@ -471,6 +471,56 @@ fn ok_if_gone(error: io::Error) -> io::Result<()> {
     }
 }
 
+/// Waits up to `timeout` until at least one of `fds` can be read without blocking (data,
+/// end of file, hang-up or an error all count), and sets `ready[i]` for each one that
+/// can. Returns how many are ready: 0 on timeout, and also when the wait was interrupted
+/// by a signal (callers loop and look at their stop flag). `ready` must be exactly as
+/// long as `fds`.
+///
+/// This is what lets the admin panel's one acceptor thread watch every idle keep-alive
+/// connection at once, so that no worker thread ever sits waiting on an idle socket.
+pub fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    ready: &mut [bool],
+    timeout: Duration,
+) -> io::Result<usize> {
+    if fds.len() != ready.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "poll_readable: fds and ready differ in length",
+        ));
+    }
+    let mut entries: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let count = libc::nfds_t::try_from(entries.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `entries` is a live, writable array of exactly `count` pollfd structs that
+    // outlives the call; every descriptor in it is borrowed, so it stays open for the
+    // whole call; poll only writes the `revents` fields.
+    let n = unsafe { libc::poll(entries.as_mut_ptr(), count, millis) };
+    if n == -1 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::Interrupted {
+            ready.iter_mut().for_each(|r| *r = false);
+            return Ok(0);
+        }
+        return Err(error);
+    }
+    let mut found = 0;
+    for (slot, entry) in ready.iter_mut().zip(&entries) {
+        *slot = entry.revents != 0;
+        found += usize::from(*slot);
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,5 +723,27 @@ mod tests {
         assert!(!isatty(-1));
         block_sigpipe_in_current_thread().unwrap();
         ignore_sigpipe().unwrap();
+    }
+
+    #[test]
+    fn poll_readable_reports_exactly_the_ready_descriptors() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (mut a_tx, a_rx) = UnixStream::pair().unwrap();
+        let (_b_tx, b_rx) = UnixStream::pair().unwrap();
+        let mut ready = [false; 2];
+        let fds = [a_rx.as_fd(), b_rx.as_fd()];
+        assert_eq!(
+            poll_readable(&fds, &mut ready, Duration::from_millis(10)).unwrap(),
+            0
+        );
+        a_tx.write_all(b"x").unwrap();
+        assert_eq!(
+            poll_readable(&fds, &mut ready, Duration::from_secs(5)).unwrap(),
+            1
+        );
+        assert_eq!(ready, [true, false]);
+        let mut short = [false; 1];
+        assert!(poll_readable(&fds, &mut short, Duration::ZERO).is_err());
     }
 }

@@ -305,7 +305,10 @@ fn key_files_open_to_others_are_refused() {
 fn a_daemon_killed_mid_job_reports_interrupted_and_never_reruns() {
     let mut sim = running_sim(&["work"]);
     let marker2 = sim.marker("started2");
-    let cmd2 = format!("echo run >> {}; sleep 5", marker2.display());
+    // A unique duration names the job's process, so the test can tell whether the
+    // restarted daemon killed what the dead one left running.
+    let sleeper = format!("sleep 60.{}7", std::process::id());
+    let cmd2 = format!("echo run >> {}; {sleeper}", marker2.display());
     let client = std::thread::spawn({
         let sim_dir = sim.sim_dir.clone();
         move || {
@@ -321,6 +324,11 @@ fn a_daemon_killed_mid_job_reports_interrupted_and_never_reruns() {
     let out = client.join().unwrap();
     assert_eq!(code(&out), 125, "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert!(
+        wait_for(Duration::from_secs(5), || processes_matching(&sleeper).is_empty()),
+        "the crashed daemon's job is still running"
+    );
+    assert!(sim.log_text().contains(" KILLED "));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(fs::read_to_string(&marker2).unwrap(), "run\n");
 }

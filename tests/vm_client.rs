@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use qvm_remote::proto::{
     verify_cancel, Frame, FrameReader, FrameType, Job, JobResult, Status, Truncated,
 };
 use qvm_remote::time::unix_now;
+use qvm_remote::vm::sock::{ReplyKind, ReplyReader, Request, MAX_CHUNK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qvm-remote");
 /// How long a test waits for the binary to do something before failing.
@@ -845,7 +847,7 @@ fn agent_sends_jobs_stores_results_and_acks() {
     let mode = fs::metadata(&stored).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    // OUT/ERR are accepted (stream mode will relay them); a RESULT without an id is
+    // OUT/ERR are accepted (nobody watches in poll mode); a RESULT without an id is
     // ignored, not ACKed.
     agent.send(FrameType::Out, format!("{}\nchunk", jobs[0].id).as_bytes());
     agent.send(FrameType::Result, b"no header here");
@@ -1084,6 +1086,358 @@ fn client_and_agent_end_to_end() {
     assert_eq!(out.stdout, b"dom0\nwork\n");
     assert!(out.stderr.is_empty());
     assert!(home.names("running").is_empty() && home.names("results").is_empty());
+}
+
+// ---- stream mode: agent.sock ----
+
+/// The agent's socket in `home`, once a stream-mode agent has bound it.
+fn agent_sock(home: &Home) -> PathBuf {
+    let path = home.path.join("agent.sock");
+    wait_for(|| fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()));
+    path
+}
+
+/// A stream-mode agent that has said HELLO and IDLE, with its socket bound.
+fn stream_agent(home: &Home) -> Agent {
+    let agent = Agent::start(home, &["agent"]);
+    agent.expect(FrameType::Hello);
+    agent.expect(FrameType::Idle);
+    agent_sock(home);
+    agent
+}
+
+/// A client of `agent.sock` speaking the protocol by hand.
+struct Watch {
+    stream: UnixStream,
+    replies: ReplyReader<UnixStream>,
+}
+
+impl Watch {
+    fn connect(home: &Home) -> Watch {
+        let stream = UnixStream::connect(agent_sock(home)).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let replies = ReplyReader::new(stream.try_clone().unwrap());
+        Watch { stream, replies }
+    }
+
+    fn send(&mut self, line: &[u8]) {
+        self.stream.write_all(line).unwrap();
+    }
+
+    /// Sends `WATCH id` and checks the answer.
+    fn start(home: &Home, id: &CommandId) -> Watch {
+        let mut w = Watch::connect(home);
+        w.send(&Request::Watch(id.clone()).encode());
+        assert_eq!(w.next(), Some((ReplyKind::Watching, vec![])));
+        w
+    }
+
+    fn next(&mut self) -> Option<(ReplyKind, Vec<u8>)> {
+        self.replies.read().unwrap()
+    }
+
+    /// The replies until the agent closes; a reset (it closed with our request
+    /// unread) counts as closed.
+    fn until_closed(&mut self) -> Vec<ReplyKind> {
+        let mut v = Vec::new();
+        while let Ok(Some((k, _))) = self.replies.read() {
+            v.push(k);
+        }
+        v
+    }
+
+    /// Every reply up to the end of the connection.
+    fn rest(&mut self) -> Vec<(ReplyKind, Vec<u8>)> {
+        let mut v = Vec::new();
+        while let Some(r) = self.next() {
+            v.push(r);
+        }
+        v
+    }
+}
+
+fn chunk(id: &CommandId, bytes: &[u8]) -> Vec<u8> {
+    [id.as_str().as_bytes(), b"\n", bytes].concat()
+}
+
+#[test]
+fn a_stream_agent_binds_a_private_socket_and_removes_it_on_exit() {
+    let (home, _key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let path = agent_sock(&home);
+    let mode = fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+    assert!(
+        fs::symlink_metadata(&path).is_err(),
+        "agent.sock left behind"
+    );
+    // Poll mode never binds one.
+    let agent = Agent::start(&home, &["agent", "--once"]);
+    agent.expect(FrameType::Hello);
+    agent.expect(FrameType::Idle);
+    assert!(fs::symlink_metadata(&path).is_err());
+    assert_eq!(agent.exit_code(), Some(0));
+}
+
+#[test]
+fn a_stale_socket_is_replaced_a_live_one_taken_over_and_a_symlink_left_alone() {
+    let (home, key) = Home::with_key();
+    let path = home.path.join("agent.sock");
+    // Stale: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let log_path = home.path.join("audit.log");
+    let logged = |what: &str| {
+        fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    let mut first = Agent::start(&home, &["agent"]);
+    first.expect(FrameType::Hello);
+    wait_for(|| logged("socket: replaced a stale agent.sock"));
+    UnixStream::connect(&path).expect("the new socket answers");
+    // Live: a second agent takes over; the first one's exit leaves the new socket.
+    // (A listening socket holds its inode, so the successor's cannot reuse its number.)
+    let ino = fs::symlink_metadata(&path).unwrap().ino();
+    let mut second = Agent::start(&home, &["agent"]);
+    second.expect(FrameType::Hello);
+    wait_for(|| logged("socket: took agent.sock over"));
+    assert_ne!(fs::symlink_metadata(&path).unwrap().ino(), ino);
+    first.send(FrameType::Bye, b"");
+    assert_eq!(first.exit_code(), Some(0));
+    assert!(
+        fs::symlink_metadata(&path).is_ok(),
+        "the successor's socket was removed"
+    );
+    second.send(FrameType::Bye, b"");
+    assert_eq!(second.exit_code(), Some(0));
+    assert!(fs::symlink_metadata(&path).is_err());
+
+    // A symlink (or any non-socket) is never followed nor replaced; the agent runs
+    // without a socket and still finds jobs by its periodic rescan.
+    let elsewhere = home.path.join("elsewhere");
+    symlink(&elsewhere, &path).unwrap();
+    let mut agent = Agent::start(&home, &["agent"]);
+    agent.expect(FrameType::Hello);
+    agent.expect(FrameType::Idle);
+    let job = new_job(b"echo rescanned");
+    let bytes = queue_job(&home, &key, &job);
+    assert_eq!(agent.expect(FrameType::Job), bytes);
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+    assert!(fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!elsewhere.exists());
+    let log = fs::read_to_string(home.path.join("audit.log")).unwrap();
+    assert!(log.contains("a symlink, not a socket"), "{log}");
+}
+
+#[test]
+fn a_watcher_gets_its_jobs_output_live_then_done() {
+    let (home, key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let job = new_job(b"echo live");
+    let mut w = Watch::start(&home, &job.id);
+    let bytes = queue_job(&home, &key, &job);
+    w.send(b"WAKE\n");
+    assert_eq!(agent.expect(FrameType::Job), bytes);
+    agent.expect(FrameType::Idle);
+    // Someone watching after the claim may have missed the start: no live output.
+    let mut late = Watch::start(&home, &job.id);
+    agent.send(FrameType::Out, &chunk(&job.id, b"hello "));
+    agent.send(FrameType::Err, &chunk(&job.id, b"oops"));
+    agent.send(FrameType::Out, &chunk(&job.id, b"world"));
+    // Output of other jobs goes nowhere near this watcher.
+    let other = new_job(b"x");
+    agent.send(FrameType::Out, &chunk(&other.id, b"not yours"));
+    agent.send(
+        FrameType::Result,
+        &result_for(&job, Status::Done, 0, 0, "").encode(&key),
+    );
+    assert_eq!(agent.expect(FrameType::Ack), job.id.as_str().as_bytes());
+    // The late watcher replaced the first one, which the agent closed.
+    assert_eq!(w.rest(), vec![]);
+    assert_eq!(late.rest(), vec![(ReplyKind::Done, vec![])]);
+
+    // A watcher that watches first gets every chunk, in order, then DONE.
+    let job = new_job(b"echo again");
+    let mut w = Watch::start(&home, &job.id);
+    let bytes = queue_job(&home, &key, &job);
+    w.send(b"WAKE\n");
+    assert_eq!(agent.expect(FrameType::Job), bytes);
+    agent.send(FrameType::Out, &chunk(&job.id, b"hello "));
+    agent.send(FrameType::Err, &chunk(&job.id, b"oops"));
+    agent.send(FrameType::Out, &chunk(&job.id, b"world"));
+    agent.send(
+        FrameType::Result,
+        &result_for(&job, Status::Done, 0, 0, "").encode(&key),
+    );
+    assert_eq!(
+        w.rest(),
+        vec![
+            (ReplyKind::Out, b"hello ".to_vec()),
+            (ReplyKind::Err, b"oops".to_vec()),
+            (ReplyKind::Out, b"world".to_vec()),
+            (ReplyKind::Done, vec![]),
+        ]
+    );
+    // Watching a job whose result is already stored answers DONE at once.
+    let mut w = Watch::start(&home, &job.id);
+    assert_eq!(w.rest(), vec![(ReplyKind::Done, vec![])]);
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+}
+
+#[test]
+fn a_watcher_that_does_not_read_gets_a_prefix_then_done() {
+    let (home, key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let job = new_job(b"yes");
+    let mut w = Watch::start(&home, &job.id);
+    let bytes = queue_job(&home, &key, &job);
+    w.send(b"WAKE\n");
+    assert_eq!(agent.expect(FrameType::Job), bytes);
+    agent.expect(FrameType::Idle);
+    // Four times the agent's per-watcher backlog, in distinct chunks, while the
+    // watcher reads nothing: the agent must keep reading dom0's frames regardless.
+    let mut sent = Vec::new();
+    for i in 0..64u32 {
+        let part: Vec<u8> = (0..MAX_CHUNK as u32)
+            .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+            .collect();
+        agent.send(FrameType::Out, &chunk(&job.id, &part));
+        sent.extend_from_slice(&part);
+    }
+    agent.send(
+        FrameType::Result,
+        &result_for(&job, Status::Done, 0, 0, "").encode(&key),
+    );
+    assert_eq!(agent.expect(FrameType::Ack), job.id.as_str().as_bytes());
+    let replies = w.rest();
+    assert_eq!(replies.last(), Some(&(ReplyKind::Done, vec![])));
+    let got: Vec<u8> = replies
+        .iter()
+        .filter(|(k, _)| *k == ReplyKind::Out)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    assert!(sent.starts_with(&got), "the relayed bytes are not a prefix");
+    assert!(got.len() < sent.len(), "nothing was held back");
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+}
+
+#[test]
+fn bad_socket_requests_close_the_connection() {
+    let (home, key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let over = [vec![b'W'; 200], b"\n".to_vec()].concat();
+    let cases: Vec<&[u8]> = vec![
+        b"WATCH ../../etc/passwd\n",
+        b"HELLO\n",
+        &over,
+        b"WATCH 20261204-153000-1-0123456789abcdef\nWATCH 20261204-153000-1-0123456789abcdee\n",
+    ];
+    for case in cases {
+        let mut w = Watch::connect(&home);
+        w.send(case);
+        let replies = w.until_closed();
+        assert!(
+            replies.iter().all(|k| *k == ReplyKind::Watching),
+            "{:?}: {replies:?}",
+            text(case)
+        );
+    }
+    // The agent is unharmed: a plain WAKE still gets a new job out.
+    let job = new_job(b"echo still");
+    let bytes = queue_job(&home, &key, &job);
+    Watch::connect(&home).send(b"WAKE\n");
+    assert_eq!(agent.expect(FrameType::Job), bytes);
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+    let log = fs::read_to_string(home.path.join("audit.log")).unwrap();
+    assert_eq!(log.matches("bad request").count(), 1, "{log}");
+}
+
+#[test]
+fn the_client_streams_through_the_socket_and_checks_the_prefix() {
+    let (home, key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let answer = |agent: &mut Agent, streamed: &[&[u8]]| -> Output {
+        let client = home.cmd(&["echo", "hi"]).spawn().unwrap();
+        let job = job::verify(
+            &agent.expect(FrameType::Job),
+            &key,
+            &JobLimits {
+                max_command: PROTOCOL_MAX_COMMAND,
+                replay_window: 600,
+                now: unix_now(),
+            },
+        )
+        .unwrap();
+        agent.expect(FrameType::Idle);
+        for part in streamed {
+            agent.send(FrameType::Out, &chunk(&job.id, part));
+        }
+        let mut res = result_for(&job, Status::Done, 0, 0, "");
+        res.stdout = b"hi\n".to_vec();
+        res.stderr = Vec::new();
+        agent.send(FrameType::Result, &res.encode(&key));
+        agent.expect(FrameType::Ack);
+        client.wait_with_output().unwrap()
+    };
+    // A prefix streamed: the rest comes from the result, the output is whole.
+    let out = answer(&mut agent, &[b"h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // Streamed bytes the signed result does not hold: the run fails.
+    let out = answer(&mut agent, &[b"forged\n"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.stdout, b"forged\n");
+    assert_eq!(
+        text(&out.stderr),
+        "qvm-remote: streamed output differs from dom0's signed result\n"
+    );
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
+}
+
+#[test]
+fn ctrl_c_with_an_agent_sends_the_cancel_at_once() {
+    let (home, key) = Home::with_key();
+    let mut agent = stream_agent(&home);
+    let client = home.cmd(&["sleep", "100"]).spawn().unwrap();
+    let bytes = agent.expect(FrameType::Job);
+    let job_id = job::peek_id(&bytes).unwrap();
+    agent.expect(FrameType::Idle);
+    signal(&client, "INT");
+    let t = Instant::now();
+    let payload = agent.expect(FrameType::Cancel);
+    // Woken through the socket, not found by the periodic rescan.
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let (id, token) = qvm_remote::proto::parse_cancel_payload(&payload).unwrap();
+    assert_eq!(id, job_id);
+    assert!(verify_cancel(&key, &id, token));
+    let job = Job {
+        id,
+        ..new_job(b"sleep 100")
+    };
+    agent.send(
+        FrameType::Result,
+        &result_for(&job, Status::Cancelled, 0, 15, "cancelled by the client").encode(&key),
+    );
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(text(&out.stderr).ends_with("qvm-remote: cancelled\n"));
+    agent.send(FrameType::Bye, b"");
+    assert_eq!(agent.exit_code(), Some(0));
 }
 
 // ---- helpers ----

@@ -1,6 +1,7 @@
 //! `qvm-remote-dom0` subcommands: the daemon itself, key management (`authorize`,
 //! `revoke`, `keys`), the service switch (`enable`, `disable`), `check-config` and
-//! `status`. Each returns a [`CliError`]; `main` prints it and picks the exit code.
+//! `status`; the policy subcommands live in `admin.rs`. Each returns a [`CliError`];
+//! `main` prints it and picks the exit code.
 
 use std::fmt;
 use std::fs;
@@ -9,7 +10,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::approval::Verdict;
 use super::daemon::{self, Options};
+use super::{admin, devmode};
 use crate::config::{self, Config, ConfigError};
 use crate::keys::{self, Key};
 
@@ -21,6 +24,11 @@ usage: qvm-remote-dom0 [--config FILE] [--vm VM] [--once] [--dry-run] [-v]
        qvm-remote-dom0 [--config FILE] keys
        qvm-remote-dom0 [--config FILE] check-config
        qvm-remote-dom0 [--config FILE] status
+       qvm-remote-dom0 [--config FILE] policy lint [FILE] | policy levels
+       qvm-remote-dom0 [--config FILE] policy check VM [--] CMD...  (exit 0 allow, 1 deny, 2 ask)
+       qvm-remote-dom0 [--config FILE] pending | approve ID | deny ID
+       qvm-remote-dom0 [--config FILE] dev-mode on VM --minutes N | dev-mode off VM | dev-mode status
+       qvm-remote-dom0 [--config FILE] audit verify [FILE...]
        qvm-remote-dom0 enable | disable
        qvm-remote-dom0 --version | -h | --help
 
@@ -52,6 +60,14 @@ pub enum CliError {
     Daemon(daemon::DaemonError),
     /// Anything else, with context.
     Failed(String),
+    /// A result that is not success, with its own exit code (`policy check` exits 1 for
+    /// deny and 2 for ask; `audit verify` 1 for a broken chain).
+    Status {
+        /// The exit code.
+        code: u8,
+        /// What `main` prints.
+        message: String,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -61,6 +77,7 @@ impl fmt::Display for CliError {
             CliError::Config(e) => write!(f, "{e}"),
             CliError::Daemon(e) => write!(f, "{e}"),
             CliError::Failed(m) => f.write_str(m),
+            CliError::Status { message, .. } => f.write_str(message),
         }
     }
 }
@@ -70,6 +87,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Status { code, .. } => *code,
             _ => 1,
         }
     }
@@ -88,6 +106,12 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
     let mut rest: Vec<&str> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        // Options come before the subcommand; everything after its first word belongs
+        // to it (a command for `policy check` may hold `-v` or `--help`).
+        if !rest.is_empty() {
+            rest.push(a);
+            continue;
+        }
         match a.as_str() {
             "--config" => {
                 let v = it
@@ -136,6 +160,20 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
         ["keys"] => list_keys(&load_config(&path, false)?),
         ["check-config"] => check_config(&path),
         ["status"] => status(&load_config(&path, false)?),
+        ["policy", sub @ ..] => admin::policy(&load_config(&path, false)?, sub),
+        ["pending"] => admin::pending(&load_config(&path, false)?),
+        ["approve", id] => admin::decide(&load_config(&path, false)?, id, Verdict::Approve),
+        ["deny", id] => admin::decide(&load_config(&path, false)?, id, Verdict::Deny),
+        ["dev-mode", sub @ ..] => admin::dev_mode(&load_config(&path, false)?, sub),
+        ["audit", sub @ ..] => admin::audit(&load_config(&path, false)?, sub),
+        ["panel", sub @ ..] => {
+            crate::panel::cli(&load_config(&path, false)?, &path, sub).map_err(|e| {
+                match e.is_usage() {
+                    true => CliError::Usage(e.to_string()),
+                    false => CliError::Failed(e.to_string()),
+                }
+            })
+        }
         ["enable"] => enable(),
         ["disable"] => systemctl(&["disable", "--now", UNIT]),
         [cmd, ..] => Err(CliError::Usage(format!(
@@ -318,11 +356,25 @@ fn check_config(path: &Path) -> Result<(), CliError> {
             Err(e) => problems.push(format!("{vm}: {e} (this VM is never polled)")),
         }
     }
-    if !cfg.policy.exists() {
-        warnings.push(format!(
+    match crate::policy::load(&cfg.policy) {
+        crate::policy::Loaded::Missing => warnings.push(format!(
             "{}: no policy file: every authorised VM may run anything (full)",
             cfg.policy.display()
-        ));
+        )),
+        crate::policy::Loaded::Broken(e) => problems.push(format!(
+            "policy: {e} (the daemon denies every job until it is fixed; see policy lint)"
+        )),
+        crate::policy::Loaded::Ready(p) => {
+            println!("ok: policy {} rule(s)", p.rules.len());
+        }
+    }
+    for (vm, st) in devmode::list(&cfg.run_dir, crate::time::unix_now()) {
+        if let devmode::State::Active(until) = st {
+            warnings.push(format!(
+                "dev mode is on for {vm} until {}: it may run anything",
+                crate::time::iso8601(until)
+            ));
+        }
     }
     if !cfg.shell.is_absolute() || !cfg.shell.exists() {
         problems.push(format!(

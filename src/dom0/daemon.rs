@@ -10,6 +10,10 @@
 //!   every job gets a result, refusals included.
 //! - A crash never runs a job twice: journalled jobs without a result become
 //!   `interrupted` at the next start.
+//! - Every authenticated job is decided by the policy gate (DESIGN §7) before it can
+//!   be queued: `deny` answers `denied`; `ask` parks the job outside the worker pool
+//!   until dom0 approves or denies it or its timeout passes; a simple command runs as
+//!   an argv with no shell.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -23,6 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::approval::{self, Verdict as Approval};
+use super::devmode;
+use super::gate::{Gate, Verdict};
 use super::sched::{QueueError, Scheduler};
 use super::store::{VmStore, MAX_HELD_PER_VM};
 use crate::audit::{AuditLog, Echo};
@@ -30,6 +37,7 @@ use crate::config::{Config, Mode};
 use crate::exec::{self, Ending, ExecSpec, Stream, Termination};
 use crate::id::CommandId;
 use crate::keys::{Key, KeyError};
+use crate::policy::{Action, Classified};
 use crate::proto::frame::{write_frame, MAX_CHUNK};
 use crate::proto::job::{self, JobError, JobLimits};
 use crate::proto::{self as p, Frame, FrameReader, FrameType, Job, JobResult, Status, Truncated};
@@ -50,6 +58,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A VM that is not running is retried with a backoff that doubles up to this, so a
 /// VM that starts later is noticed within it.
 pub const MAX_DOWN_BACKOFF: Duration = Duration::from_secs(10);
+/// A stream session shorter than this that the agent ended counts as a failure for
+/// the reconnect backoff.
+pub const MIN_HEALTHY_SESSION: Duration = Duration::from_secs(10);
 /// How long a session's `qvm-run` gets to exit after `BYE` before it is killed.
 pub const SESSION_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// On SIGTERM, running jobs get this long to finish before they are killed.
@@ -63,6 +74,11 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_LOGGED_COMMAND: usize = 4096;
 /// How often the replay store is pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Most jobs of one VM that may wait for approval at once; past it, new `ask` jobs are
+/// denied, so a VM cannot grow dom0's list of parked jobs without bound.
+pub const MAX_PARKED_PER_VM: usize = 32;
+/// The exit code of a job refused by policy or by a human (DESIGN §5).
+pub const EXIT_DENIED: u8 = 126;
 
 /// Daemon options from the command line.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +127,31 @@ struct Shared {
     log: AuditLog,
     sched: Arc<Scheduler>,
     stop: &'static AtomicBool,
+    gate: Gate,
+    /// Jobs waiting for approval. They hold no worker slot; the approval thread
+    /// watches their decisions, deadlines and cancels.
+    parked: Mutex<Vec<Parked>>,
+}
+
+/// A job waiting for `qvm-remote-dom0 approve|deny ID`.
+struct Parked {
+    vm: Arc<Vm>,
+    key: Key,
+    job: Job,
+    argv: Option<Vec<String>>,
+    ctl: Arc<JobCtl>,
+    accepted: Instant,
+    /// The job's timeout, counted from `accepted` like any job's.
+    timeout: Duration,
+}
+
+/// How a parked job leaves the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Approved,
+    Denied,
+    TimedOut,
+    Cancelled,
 }
 
 /// Control of one accepted job.
@@ -254,19 +295,27 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     } else {
         Echo::Stderr
     };
-    let log = AuditLog::open(&cfg.log, echo)
-        .map_err(setup(&format!("audit log {}", cfg.log.display())))?;
     for dir in [&cfg.state_dir, &cfg.run_dir] {
         make_private_dir(dir).map_err(setup(&format!("{}", dir.display())))?;
     }
+    // The anchor keeps the last chain value in the state dir, so a log rotated while
+    // the daemon was down continues the chain and a cut tail is noticed.
+    let anchor = cfg.state_dir.join(crate::audit::ANCHOR_FILE);
+    let log = AuditLog::open_anchored(&cfg.log, &anchor, echo)
+        .map_err(setup(&format!("audit log {}", cfg.log.display())))?;
     clear_stale_job_dirs(&cfg.run_dir);
+    // Jobs parked by a previous daemon are `interrupted` now; their records are stale.
+    approval::clear(&cfg.run_dir);
     let sched = Scheduler::start(cfg.max_concurrent).map_err(setup("worker pool"))?;
+    let gate = Gate::new(&cfg.policy, &cfg.run_dir);
     let shared = Arc::new(Shared {
         cfg,
         opts,
         log,
         sched,
         stop,
+        gate,
+        parked: Mutex::new(Vec::new()),
     });
     let mode = match (shared.cfg.mode, shared.opts.once) {
         (_, true) => "once",
@@ -300,6 +349,15 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         recover(&shared, &vm);
         vms.push(vm);
     }
+    // Load (and log) the policy now, so a broken file shows in the log at start.
+    shared.gate.current(&shared.log);
+    let approvals = {
+        let s = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("approvals".into())
+            .spawn(move || approval_loop(&s))
+            .map_err(setup("approval thread"))?
+    };
     let mut threads = Vec::new();
     for vm in &vms {
         let (s, v) = (Arc::clone(&shared), Arc::clone(vm));
@@ -326,7 +384,9 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     for t in threads {
         let _ = t.join();
     }
+    let _ = approvals.join();
     shutdown_jobs(&shared, &vms);
+    approval::clear(&shared.cfg.run_dir);
     write_status(&shared, &vms);
     shared
         .log
@@ -365,6 +425,22 @@ fn recover(shared: &Shared, vm: &Vm) {
             continue;
         }
         let _ = vm.store.mark_seen(&id);
+        // A job that was running when the daemon died is still running: kill what is
+        // left of it before reporting it interrupted, so no root process outlives its
+        // daemon.
+        if let Some((pid, start)) = vm.store.journalled_pid(&id) {
+            let killed = exec::kill_leftovers(pid, start);
+            if killed > 0 {
+                shared.log.event(
+                    "KILLED",
+                    &[
+                        ("vm", &vm.name),
+                        ("id", id.as_str()),
+                        ("processes", &killed.to_string()),
+                    ],
+                );
+            }
+        }
         let r = JobResult::refusal(
             id.clone(),
             Status::Interrupted,
@@ -435,6 +511,14 @@ fn vm_loop(shared: &Arc<Shared>, vm: &Arc<Vm>) {
             return;
         }
         backoff = match end {
+            // In stream mode a session is meant to last: one the agent ends quickly is
+            // treated like a failure, so an agent that exits at once cannot make dom0
+            // spawn qvm-run in a tight loop.
+            SessionEnd::Normal
+                if shared.cfg.mode == Mode::Stream && started.elapsed() < MIN_HEALTHY_SESSION =>
+            {
+                grow(backoff, MAX_BACKOFF)
+            }
             SessionEnd::Normal => Duration::ZERO,
             SessionEnd::NoKey => Duration::from_secs(5),
             SessionEnd::Down => grow(backoff, MAX_DOWN_BACKOFF),
@@ -883,6 +967,15 @@ impl Session<'_> {
                 ("bytes", &job.body.len().to_string()),
             ],
         );
+        let verdict = shared
+            .gate
+            .decide(&vm.name, &job.body, time::unix_now(), &shared.log);
+        log_verdict(shared, vm, &id, &verdict, &cmd);
+        if verdict.action == Action::Deny {
+            let r = denied(id, &format!("denied by policy: {}", verdict.rule));
+            vm.finish(shared, &self.key, r);
+            return;
+        }
         if shared.opts.dry_run {
             shared.log.event(
                 "DRY",
@@ -896,55 +989,306 @@ impl Session<'_> {
             vm.finish(shared, &self.key, r);
             return;
         }
-        self.schedule(job);
+        let argv = verdict.classified.argv();
+        if verdict.action == Action::Ask {
+            self.park(job, argv, &verdict.rule);
+        } else {
+            let ctl = new_ctl();
+            lock(&vm.jobs).insert(id, Arc::clone(&ctl));
+            submit(shared, vm, self.key.clone(), job, argv, ctl, Instant::now());
+        }
     }
 
-    fn schedule(&mut self, job: Job) {
+    /// Parks an `ask` job: it is recorded for `pending`, holds no worker slot, and its
+    /// timeout runs from now.
+    fn park(&mut self, job: Job, argv: Option<Vec<String>>, rule: &str) {
         let (shared, vm) = (self.shared, self.vm);
-        let ctl = Arc::new(JobCtl {
-            cancel: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-        });
         let id = job.id.clone();
-        lock(&vm.jobs).insert(id.clone(), Arc::clone(&ctl));
-        let accepted = Instant::now();
-        let key = self.key.clone();
-        let (task_shared, task_vm) = (Arc::clone(shared), Arc::clone(vm));
-        let r = shared.sched.submit(
+        let waiting = lock(&shared.parked)
+            .iter()
+            .filter(|p| p.vm.name == vm.name)
+            .count();
+        if waiting >= MAX_PARKED_PER_VM {
+            let reason =
+                format!("denied: {MAX_PARKED_PER_VM} jobs of this VM already wait for approval");
+            shared.log.event(
+                "APPROVAL",
+                &[
+                    ("vm", &vm.name),
+                    ("id", id.as_str()),
+                    ("decision", "refused"),
+                    ("reason", &reason),
+                ],
+            );
+            vm.finish(shared, &self.key, denied(id, &reason));
+            return;
+        }
+        let timeout = job_timeout(shared.cfg.timeout, job.timeout);
+        let now = time::unix_now();
+        let rec = approval::Record::new(
             &vm.name,
-            Box::new(move || {
-                let result = execute(&task_shared, &task_vm, &job, &ctl, accepted);
-                task_vm.finish(&task_shared, &key, result);
-            }),
+            &id,
+            (now, now.saturating_add(timeout.as_secs())),
+            rule,
+            &job.body,
+            &job.stdin,
         );
-        match r {
-            Ok(()) => {}
-            Err(QueueError::Full) => {
-                self.refused("REJECT", "too many queued jobs", Some(&id));
-                let r = JobResult::refusal(
-                    id,
-                    Status::Failed,
-                    "dom0 busy: too many jobs queued for this VM",
-                );
-                vm.finish(shared, &self.key, r);
-            }
-            // Shutting down: the job stays journalled and is reported interrupted.
-            Err(QueueError::Closed) => {
-                lock(&vm.jobs).remove(&id);
-            }
+        if let Err(e) = approval::write_pending(&shared.cfg.run_dir, &rec) {
+            let reason = format!("dom0 could not park the job for approval: {e}");
+            shared.log.event(
+                "ERROR",
+                &[("vm", &vm.name), ("id", id.as_str()), ("error", &reason)],
+            );
+            vm.finish(
+                shared,
+                &self.key,
+                JobResult::refusal(id, Status::Failed, &reason),
+            );
+            return;
+        }
+        let ctl = new_ctl();
+        lock(&vm.jobs).insert(id, Arc::clone(&ctl));
+        lock(&shared.parked).push(Parked {
+            vm: Arc::clone(vm),
+            key: self.key.clone(),
+            job,
+            argv,
+            ctl,
+            accepted: Instant::now(),
+            timeout,
+        });
+    }
+}
+
+fn new_ctl() -> Arc<JobCtl> {
+    Arc::new(JobCtl {
+        cancel: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+    })
+}
+
+/// A `denied` result: exit 126 (DESIGN §5), the reason says who refused and why.
+fn denied(id: CommandId, reason: &str) -> JobResult {
+    let mut r = JobResult::refusal(id, Status::Denied, reason);
+    r.exit = EXIT_DENIED;
+    r
+}
+
+/// A job's timeout: its own, capped by `QVM_REMOTE_TIMEOUT`; 0 means the cap.
+fn job_timeout(cap: u64, asked: u64) -> Duration {
+    Duration::from_secs(if asked == 0 { cap } else { asked.min(cap) })
+}
+
+/// One audit line per policy decision: the rule that decided, how the body would run
+/// and the command text (escaped, up to `MAX_LOGGED_COMMAND`).
+fn log_verdict(shared: &Shared, vm: &Vm, id: &CommandId, v: &Verdict, cmd: &str) {
+    let category = match v.action {
+        Action::Allow => "ALLOW",
+        Action::Deny => "DENY",
+        Action::Ask => "ASK",
+    };
+    let run = match &v.classified {
+        Classified::Simple { program, .. } => format!("argv {}", program.display()),
+        Classified::Script(why) => format!("script ({why})"),
+    };
+    shared.log.event(
+        category,
+        &[
+            ("vm", &vm.name),
+            ("id", id.as_str()),
+            ("rule", &v.rule),
+            ("run", &run),
+            ("cmd", cmd),
+        ],
+    );
+}
+
+/// Queues an accepted job (already in `vm.jobs` under `ctl`) for the worker pool.
+fn submit(
+    shared: &Arc<Shared>,
+    vm: &Arc<Vm>,
+    key: Key,
+    job: Job,
+    argv: Option<Vec<String>>,
+    ctl: Arc<JobCtl>,
+    accepted: Instant,
+) {
+    let id = job.id.clone();
+    let (task_shared, task_vm, task_key) = (Arc::clone(shared), Arc::clone(vm), key.clone());
+    let r = shared.sched.submit(
+        &vm.name,
+        Box::new(move || {
+            let result = execute(
+                &task_shared,
+                &task_vm,
+                &job,
+                argv.as_deref(),
+                &ctl,
+                accepted,
+            );
+            task_vm.finish(&task_shared, &task_key, result);
+        }),
+    );
+    match r {
+        Ok(()) => {}
+        Err(QueueError::Full) => {
+            shared.log.event(
+                "REJECT",
+                &[
+                    ("vm", &vm.name),
+                    ("id", id.as_str()),
+                    ("reason", "too many queued jobs"),
+                ],
+            );
+            let r = JobResult::refusal(
+                id,
+                Status::Failed,
+                "dom0 busy: too many jobs queued for this VM",
+            );
+            vm.finish(shared, &key, r);
+        }
+        // Shutting down: the job stays journalled and is reported interrupted.
+        Err(QueueError::Closed) => {
+            lock(&vm.jobs).remove(&id);
         }
     }
 }
 
+/// The approval thread: every `approval::POLL` it settles parked jobs that were
+/// decided, timed out or cancelled, and logs dev-mode overlays that changed.
+fn approval_loop(shared: &Arc<Shared>) {
+    let mut overlays: HashMap<String, devmode::State> = HashMap::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let due: Vec<(Parked, Outcome)> = {
+            let mut parked = lock(&shared.parked);
+            let mut due = Vec::new();
+            let mut keep = Vec::with_capacity(parked.len());
+            for p in parked.drain(..) {
+                match outcome(shared, &p) {
+                    Some(o) => due.push((p, o)),
+                    None => keep.push(p),
+                }
+            }
+            *parked = keep;
+            due
+        };
+        for (p, o) in due {
+            settle(shared, p, o);
+        }
+        watch_devmode(shared, &mut overlays);
+        sleep_unless_stopped(shared, approval::POLL);
+    }
+    // A change made just before the stop is still logged.
+    watch_devmode(shared, &mut overlays);
+}
+
+fn outcome(shared: &Shared, p: &Parked) -> Option<Outcome> {
+    if p.ctl.cancel.load(Ordering::SeqCst) {
+        return Some(Outcome::Cancelled);
+    }
+    match approval::take_decision(&shared.cfg.run_dir, &p.job.id) {
+        Some(Approval::Approve) => return Some(Outcome::Approved),
+        Some(Approval::Deny) => return Some(Outcome::Denied),
+        None => {}
+    }
+    (p.accepted.elapsed() >= p.timeout).then_some(Outcome::TimedOut)
+}
+
+fn settle(shared: &Arc<Shared>, p: Parked, o: Outcome) {
+    let Parked {
+        vm,
+        key,
+        job,
+        argv,
+        ctl,
+        accepted,
+        timeout,
+    } = p;
+    let id = job.id.clone();
+    approval::remove(&shared.cfg.run_dir, &vm.name, &id);
+    let word = match o {
+        Outcome::Approved => "approve",
+        Outcome::Denied => "deny",
+        Outcome::TimedOut => "timeout",
+        Outcome::Cancelled => "cancelled",
+    };
+    let waited = accepted.elapsed().as_millis().to_string();
+    shared.log.event(
+        "APPROVAL",
+        &[
+            ("vm", &vm.name),
+            ("id", id.as_str()),
+            ("decision", word),
+            ("waited_ms", &waited),
+        ],
+    );
+    let result = match o {
+        Outcome::Approved => {
+            submit(shared, &vm, key, job, argv, ctl, accepted);
+            return;
+        }
+        Outcome::Denied => denied(id, "denied by the dom0 administrator (approval refused)"),
+        Outcome::TimedOut => denied(
+            id,
+            &format!("approval timed out after {} s: not run", timeout.as_secs()),
+        ),
+        Outcome::Cancelled if ctl.shutdown.load(Ordering::SeqCst) => JobResult::refusal(
+            id,
+            Status::Interrupted,
+            "dom0 daemon stopped while the job waited for approval",
+        ),
+        Outcome::Cancelled => JobResult::refusal(
+            id,
+            Status::Cancelled,
+            "cancelled while waiting for approval",
+        ),
+    };
+    vm.finish(shared, &key, result);
+}
+
+/// Logs each dev-mode overlay that appeared, changed, expired or went away. The daemon
+/// is the only writer of the audit log, so changes made by `dev-mode on|off` are logged
+/// here, within one poll.
+fn watch_devmode(shared: &Shared, seen: &mut HashMap<String, devmode::State>) {
+    let now = time::unix_now();
+    let current: HashMap<String, devmode::State> = devmode::list(&shared.cfg.run_dir, now)
+        .into_iter()
+        .collect();
+    for (vm, st) in &current {
+        if seen.get(vm) == Some(st) {
+            continue;
+        }
+        let (state, detail) = match st {
+            devmode::State::Active(until) => {
+                ("on", format!("full until {}", time::iso8601(*until)))
+            }
+            devmode::State::Expired(at) => ("expired", format!("at {}", time::iso8601(*at))),
+            devmode::State::Invalid(why) => ("invalid", why.clone()),
+        };
+        shared.log.event(
+            "DEVMODE",
+            &[("vm", vm), ("state", state), ("detail", &detail)],
+        );
+    }
+    for vm in seen.keys() {
+        if !current.contains_key(vm) {
+            shared.log.event("DEVMODE", &[("vm", vm), ("state", "off")]);
+        }
+    }
+    *seen = current;
+}
+
 /// Runs one accepted job in the sandbox and turns the outcome into its result.
-fn execute(shared: &Shared, vm: &Vm, job: &Job, ctl: &JobCtl, accepted: Instant) -> JobResult {
+fn execute(
+    shared: &Shared,
+    vm: &Vm,
+    job: &Job,
+    argv: Option<&[String]>,
+    ctl: &JobCtl,
+    accepted: Instant,
+) -> JobResult {
     let id = &job.id;
-    let cap = shared.cfg.timeout;
-    let timeout = Duration::from_secs(if job.timeout == 0 {
-        cap
-    } else {
-        job.timeout.min(cap)
-    });
+    let timeout = job_timeout(shared.cfg.timeout, job.timeout);
     // The timeout runs from acceptance, so time spent queued counts against it.
     let left = timeout.saturating_sub(accepted.elapsed());
     if ctl.cancel.load(Ordering::SeqCst) {
@@ -979,7 +1323,7 @@ fn execute(shared: &Shared, vm: &Vm, job: &Job, ctl: &JobCtl, accepted: Instant)
         timeout: left,
         max_output: shared.cfg.max_output,
         kill_grace: exec::KILL_GRACE,
-        argv: None,
+        argv,
     };
     // Live output (stream mode). Once one chunk of this job cannot be queued, the job
     // streams nothing more: what the client saw is then a prefix of each output, and
@@ -1005,7 +1349,14 @@ fn execute(shared: &Shared, vm: &Vm, job: &Job, ctl: &JobCtl, accepted: Instant)
         }
     };
     vm.running_jobs.fetch_add(1, Ordering::SeqCst);
-    let outcome = exec::run(&spec, &ctl.cancel, &on_chunk);
+    // The pid and start time go into the journal, so that a daemon restarted after a
+    // crash can kill what this job left running.
+    let journal_pid = |pid: u32| {
+        if let Some(start) = exec::process_start_time(pid) {
+            let _ = vm.store.journal_pid(id, pid, start);
+        }
+    };
+    let outcome = exec::run_observed(&spec, &ctl.cancel, &on_chunk, &journal_pid);
     vm.running_jobs.fetch_sub(1, Ordering::SeqCst);
     let out = match outcome {
         Ok(o) => o,

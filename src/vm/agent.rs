@@ -3,18 +3,23 @@
 //! dom0 starts it through `qvm-run --pass-io`; stdin and stdout carry frames and
 //! stderr is discarded, so diagnostics go to `audit.log`. The session:
 //!
-//! 1. The agent sends `HELLO 2 qvm-remote <version>`.
-//! 2. A reader thread takes dom0's frames: each `RESULT` is stored as
-//!    `queue/results/<id>.result` (tmp + rename, fsynced) and then `ACK`ed; `OUT`/`ERR`
-//!    are accepted and dropped until stream mode relays them; `BYE` or end of input ends
-//!    the session cleanly; anything else ends it with an error.
-//! 3. The agent re-sends each `queue/running/<id>.job` that has no result yet (a
+//! 1. In stream mode (no `--once`) the agent binds `agent.sock` (see [`super::relay`]
+//!    and, for the protocol, [`super::sock`]).
+//! 2. The agent sends `HELLO 2 qvm-remote <version>`.
+//! 3. A reader thread takes dom0's frames: each `RESULT` is stored as
+//!    `queue/results/<id>.result` (tmp + rename, fsynced), announced to the job's
+//!    watcher on the socket (`DONE`) and then `ACK`ed; `OUT`/`ERR` chunks go to the
+//!    job's watcher, if it has one that may see them; `BYE` or end of input ends the
+//!    session cleanly; anything else ends it with an error. Relaying never blocks
+//!    this thread.
+//! 4. The agent re-sends each `queue/running/<id>.job` that has no result yet (a
 //!    previous session claimed it and ended before the answer), then claims pending
 //!    jobs in name order (rename into `queue/running/`) and sends each as a `JOB` frame,
 //!    then each pending `<id>.cancel` as a `CANCEL` frame, then `IDLE`.
-//! 4. With `--once` (poll mode) it sends nothing more and waits for the session to end.
-//!    Otherwise (stream mode) it rescans every [`AGENT_RESCAN`] and sends `IDLE` after
-//!    every batch that sent something.
+//! 5. With `--once` (poll mode) it sends nothing more and waits for the session to end.
+//!    Otherwise (stream mode) it rescans whenever a client knocks on the socket
+//!    (`WATCH` or `WAKE`) and at least every [`AGENT_RESCAN`], and sends `IDLE` after
+//!    every batch that sent something. When the session ends it removes the socket.
 //!
 //! A queue entry that cannot be a valid job never goes out: a name that is not
 //! `<id>.job` or `<id>.cancel`, anything but a regular file, a second copy of an id
@@ -34,14 +39,17 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::datadir::{self, DataDir, QueueDir};
 use super::files::{self, Durability, ReadError};
 use super::queue;
+use super::relay::{self, Bound, Relay};
+use super::sock::ReplyKind;
 use crate::id::CommandId;
 use crate::keys::Key;
 use crate::proto::frame::write_frame;
@@ -50,8 +58,10 @@ use crate::proto::{self, escape_line, FrameError, FrameReader, FrameType, JobRes
 use crate::time;
 use crate::version::VERSION;
 
-/// How often a stream-mode agent looks for new jobs (until `agent.sock` wakes it).
-pub const AGENT_RESCAN: Duration = Duration::from_millis(100);
+/// How often a stream-mode agent looks for new jobs without being woken: clients wake
+/// it through `agent.sock`, so this only matters for jobs queued by other means (an
+/// older client, a copied file, a client that found no socket).
+pub const AGENT_RESCAN: Duration = Duration::from_millis(500);
 /// Largest cancel file: a 64-hex token, a newline, and room for nothing else much.
 pub const MAX_CANCEL_FILE: usize = 200;
 /// Length of a cancel token in hex.
@@ -131,23 +141,43 @@ where
 {
     let out = Arc::new(Mutex::new(output));
     let (tx, rx) = mpsc::channel();
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    // Bound before anything else, so a client started with the session finds it; kept
+    // until the session ends, when dropping it removes the socket file.
+    let (relay, _bound) = match mode {
+        Mode::Once => (None, None),
+        Mode::Stream => {
+            let relay = Arc::new(Relay::new(
+                dd.clone(),
+                waker(tx.clone(), Arc::clone(&wake_pending)),
+                log,
+            ));
+            let bound = open_socket(dd, &relay);
+            (Some(relay), bound)
+        }
+    };
     let reader_dd = dd.clone();
     let reader_out = Arc::clone(&out);
+    let reader_relay = relay.clone();
     let sent = send(&out, FrameType::Hello, &hello_payload());
+    let mut verdict_tx = VerdictSender { tx: Some(tx) };
     thread::spawn(move || {
-        let end = read_loop(&reader_dd, input, &reader_out);
+        let end = read_loop(&reader_dd, input, &reader_out, reader_relay.as_deref());
         if let Err(e) = &end {
             log(&reader_dd, &format!("session error: {e}"));
         }
-        // The receiver is gone only if the session already ended.
-        let _ = tx.send(end);
+        verdict_tx.send(end);
     });
-    match sent.and_then(|()| send_loop(dd, &out, mode, &rx)) {
+    let events = Events {
+        rx,
+        wake_pending: &wake_pending,
+    };
+    match sent.and_then(|()| send_loop(dd, &out, mode, &events, relay.as_deref())) {
         // The reader ended the session, and logged why if it was an error.
         Ok(verdict) => verdict,
         Err(e) => {
             if matches!(e, AgentError::Channel(_)) {
-                if let Ok(verdict) = rx.recv_timeout(CHANNEL_GRACE) {
+                if let Some(verdict) = events.verdict_within(CHANNEL_GRACE) {
                     return verdict;
                 }
             }
@@ -160,34 +190,135 @@ where
 /// How the reader thread ended the session (its errors are logged already).
 type Verdict = Result<(), AgentError>;
 
+/// What wakes the sending side.
+enum Event {
+    /// The reader thread ended the session.
+    Ended(Verdict),
+    /// A client asked for a rescan through `agent.sock`.
+    Wake,
+}
+
+/// The reader thread's way to hand over its verdict; a reader that unwinds without
+/// one still ends the session instead of leaving the sender waiting forever.
+struct VerdictSender {
+    tx: Option<mpsc::Sender<Event>>,
+}
+
+impl VerdictSender {
+    fn send(&mut self, verdict: Verdict) {
+        if let Some(tx) = self.tx.take() {
+            // The receiver is gone only if the session already ended.
+            let _ = tx.send(Event::Ended(verdict));
+        }
+    }
+}
+
+impl Drop for VerdictSender {
+    fn drop(&mut self) {
+        self.send(Err(AgentError::ReaderGone));
+    }
+}
+
+/// The wake-up callback for the socket: at most one `Wake` waits in the channel at a
+/// time, however many clients knock, so a flood of `WAKE` lines costs one rescan.
+fn waker(tx: mpsc::Sender<Event>, pending: Arc<AtomicBool>) -> Box<dyn Fn() + Send + Sync> {
+    Box::new(move || {
+        if !pending.swap(true, Ordering::SeqCst) {
+            let _ = tx.send(Event::Wake);
+        }
+    })
+}
+
+/// Binds `agent.sock` and starts serving it; without it the agent still works (the
+/// periodic rescan finds jobs and clients poll their result files), so a failure is
+/// logged, not fatal.
+fn open_socket(dd: &DataDir, relay: &Arc<Relay>) -> Option<Bound> {
+    let mut bound = match relay::bind(dd) {
+        Ok(b) => b,
+        Err(e) => {
+            log(dd, &format!("socket: {e}"));
+            return None;
+        }
+    };
+    if bound.took_over {
+        log(dd, "socket: took agent.sock over from another agent");
+    } else if bound.replaced {
+        log(dd, "socket: replaced a stale agent.sock");
+    }
+    if let Err(e) = relay.serve(&mut bound) {
+        log(dd, &format!("socket: cannot start its thread: {e}"));
+        return None;
+    }
+    Some(bound)
+}
+
+/// The sending side's view of the events.
+struct Events<'a> {
+    rx: mpsc::Receiver<Event>,
+    wake_pending: &'a AtomicBool,
+}
+
+impl Events<'_> {
+    /// Waits up to `limit` for the next event; `Ok(None)` when the time is up.
+    fn next(&self, limit: Duration) -> Result<Option<Event>, AgentError> {
+        match self.rx.recv_timeout(limit) {
+            Ok(Event::Wake) => {
+                // Cleared before the rescan, so a knock during the rescan makes another.
+                self.wake_pending.store(false, Ordering::SeqCst);
+                Ok(Some(Event::Wake))
+            }
+            Ok(ended) => Ok(Some(ended)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(AgentError::ReaderGone),
+        }
+    }
+
+    /// The reader's verdict, skipping wake-ups, if it comes within `limit`.
+    fn verdict_within(&self, limit: Duration) -> Option<Verdict> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Ok(Some(Event::Ended(v))) => return Some(v),
+                Ok(Some(Event::Wake)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+}
+
 /// Sends the queue; returns the reader's verdict when the session ends, or the
 /// sender's own error.
 fn send_loop<W: Write>(
     dd: &DataDir,
     out: &Mutex<W>,
     mode: Mode,
-    rx: &mpsc::Receiver<Verdict>,
+    events: &Events<'_>,
+    relay: Option<&Relay>,
 ) -> Result<Verdict, AgentError> {
     let mut scanner = Scanner {
         dd,
+        relay,
         reported: HashSet::new(),
     };
     scanner.resend_running(out)?;
     scanner.send_pending(out)?;
     send(out, FrameType::Idle, b"")?;
-    match mode {
-        Mode::Once => rx.recv().map_err(|_| AgentError::ReaderGone),
-        Mode::Stream => loop {
-            match rx.recv_timeout(AGENT_RESCAN) {
-                Ok(verdict) => return Ok(verdict),
-                Err(RecvTimeoutError::Disconnected) => return Err(AgentError::ReaderGone),
-                Err(RecvTimeoutError::Timeout) => {
-                    if scanner.send_pending(out)? > 0 {
-                        send(out, FrameType::Idle, b"")?;
-                    }
+    let rescan = match mode {
+        // Poll mode: one batch, then only the reader's verdict matters.
+        Mode::Once => None,
+        Mode::Stream => Some(AGENT_RESCAN),
+    };
+    loop {
+        match events.next(rescan.unwrap_or(Duration::MAX))? {
+            Some(Event::Ended(verdict)) => return Ok(verdict),
+            Some(Event::Wake) | None if rescan.is_some() => {
+                if scanner.send_pending(out)? > 0 {
+                    send(out, FrameType::Idle, b"")?;
                 }
             }
-        },
+            Some(Event::Wake) | None => {}
+        }
     }
 }
 
@@ -206,7 +337,12 @@ fn log(dd: &DataDir, text: &str) {
 }
 
 /// The reader thread's work: dom0's frames until the session ends.
-fn read_loop<R: Read, W: Write>(dd: &DataDir, input: R, out: &Mutex<W>) -> Verdict {
+fn read_loop<R: Read, W: Write>(
+    dd: &DataDir,
+    input: R,
+    out: &Mutex<W>,
+    relay: Option<&Relay>,
+) -> Verdict {
     let mut reader = FrameReader::new(input);
     loop {
         let frame = match reader.read() {
@@ -216,18 +352,23 @@ fn read_loop<R: Read, W: Write>(dd: &DataDir, input: R, out: &Mutex<W>) -> Verdi
         };
         match frame.kind {
             FrameType::Bye => return Ok(()),
-            FrameType::Result => store_result(dd, &frame.payload, out)?,
+            FrameType::Result => store_result(dd, &frame.payload, out, relay)?,
             FrameType::Out | FrameType::Err => {
-                let id = frame
-                    .payload
-                    .split(|&b| b == b'\n')
-                    .next()
-                    .unwrap_or_default();
-                if CommandId::from_bytes(id).is_err() {
-                    log(
+                let kind = if frame.kind == FrameType::Out {
+                    ReplyKind::Out
+                } else {
+                    ReplyKind::Err
+                };
+                match split_chunk(&frame.payload) {
+                    Some((id, chunk)) => {
+                        if let Some(relay) = relay {
+                            relay.chunk(&id, kind, chunk);
+                        }
+                    }
+                    None => log(
                         dd,
                         &format!("ignored an {} frame without a valid id", frame.kind.name()),
-                    );
+                    ),
                 }
             }
             other => return Err(AgentError::Unexpected(other)),
@@ -235,9 +376,21 @@ fn read_loop<R: Read, W: Write>(dd: &DataDir, input: R, out: &Mutex<W>) -> Verdi
     }
 }
 
+/// Splits an `OUT`/`ERR` payload into its validated id and the chunk bytes.
+fn split_chunk(payload: &[u8]) -> Option<(CommandId, &[u8])> {
+    let nl = payload.iter().position(|&b| b == b'\n')?;
+    let id = CommandId::from_bytes(payload.get(..nl)?).ok()?;
+    Some((id, payload.get(nl + 1..)?))
+}
+
 /// Stores a `RESULT` and acknowledges it. The MAC is not checked here: the client does
 /// that, with the key the agent may not even be able to read.
-fn store_result<W: Write>(dd: &DataDir, payload: &[u8], out: &Mutex<W>) -> Verdict {
+fn store_result<W: Write>(
+    dd: &DataDir,
+    payload: &[u8],
+    out: &Mutex<W>,
+    relay: Option<&Relay>,
+) -> Verdict {
     let Some(id) = proto::result::peek_id(payload) else {
         log(
             dd,
@@ -255,13 +408,13 @@ fn store_result<W: Write>(dd: &DataDir, payload: &[u8], out: &Mutex<W>) -> Verdi
     }
     let dir = dd.queue(QueueDir::Results);
     let name = datadir::result_name(&id);
-    files::write_atomic(
-        &dir,
-        &datadir::tmp_name(&id),
-        &name,
-        payload,
-        Durability::Synced,
-    )
+    // The watcher hears of the result as soon as it can be read; the ACK waits until
+    // it is on disk, since dom0 forgets it then.
+    files::write_atomic_visible_early(&dir, &datadir::tmp_name(&id), &name, payload, || {
+        if let Some(relay) = relay {
+            relay.result_stored(&id);
+        }
+    })
     .map_err(|source| AgentError::Store {
         path: dir.join(&name),
         source,
@@ -299,6 +452,8 @@ fn classify(name: &[u8]) -> Entry {
 /// Walks the queue and sends what may go out.
 struct Scanner<'a> {
     dd: &'a DataDir,
+    /// Stream mode's watchers, told which jobs go out fresh and which again.
+    relay: Option<&'a Relay>,
     /// Entries whose move to rejected/ failed: logged once, not at every rescan.
     reported: HashSet<(&'static str, OsString)>,
 }
@@ -323,6 +478,9 @@ impl Scanner<'_> {
                         continue;
                     }
                     if let Some(bytes) = self.load_job(QueueDir::Running, &name, &id) {
+                        if let Some(relay) = self.relay {
+                            relay.job_resent(&id);
+                        }
                         send(out, FrameType::Job, &bytes)?;
                         sent += 1;
                     }
@@ -398,6 +556,9 @@ impl Scanner<'_> {
                 self.report_once(QueueDir::Pending, name, &format!("cannot claim: {e}"));
                 return Ok(false);
             }
+        }
+        if let Some(relay) = self.relay {
+            relay.job_claimed(id);
         }
         send(out, FrameType::Job, &bytes)?;
         log(dd, &format!("sent job id={id} bytes={}", bytes.len()));
@@ -525,7 +686,12 @@ impl Scanner<'_> {
             &bytes,
             Durability::Buffered,
         ) {
-            Ok(()) => log(self.dd, &format!("local result id={id}: {reason}")),
+            Ok(()) => {
+                if let Some(relay) = self.relay {
+                    relay.result_stored(id);
+                }
+                log(self.dd, &format!("local result id={id}: {reason}"));
+            }
             Err(e) => log(self.dd, &format!("no local result for id={id}: {e}")),
         }
     }

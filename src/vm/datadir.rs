@@ -12,7 +12,7 @@
 //! queue/rejected/                  entries the agent refused to send
 //! history/YYYY-MM-DD/<id>/         the client's archive
 //! audit.log                        the client's and agent's log, 0600
-//! agent.sock                       a stream-mode agent's socket (not yet)
+//! agent.sock                       a stream-mode agent's socket, 0600 (see sock.rs)
 //! ```
 //!
 //! The data dir and every directory in it must be a real directory (not a symlink),

@@ -233,6 +233,44 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Like [`write_atomic`] with [`Durability::Synced`], but calls `visible` as soon as the
+/// file is in place under its final name, before the fsyncs that make it durable; it
+/// returns once it is durable. For the agent's results: the waiting client may read
+/// the file at once, while the `ACK` that lets dom0 forget it still waits for the disk.
+/// A crash between the two can leave a final name with incomplete bytes, which fail
+/// their MAC check; dom0, never having had its `ACK`, sends the result again.
+pub fn write_atomic_visible_early(
+    dir: &Path,
+    tmp: &str,
+    name: &str,
+    bytes: &[u8],
+    visible: impl FnOnce(),
+) -> io::Result<()> {
+    let tmp_path = dir.join(tmp);
+    remove_if_present(&tmp_path)?;
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(crate::sys::O_NOFOLLOW)
+        .open(&tmp_path)
+        .and_then(|mut f| f.write_all(bytes).map(|()| f));
+    let file = match written {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    if let Err(e) = fs::rename(&tmp_path, dir.join(name)) {
+        let _ = fs::remove_file(&tmp_path);
+        return Err(e);
+    }
+    visible();
+    file.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
 /// Removes a file (or symlink); says whether there was one. A missing file is fine.
 pub fn remove_if_present(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {
@@ -338,6 +376,22 @@ mod tests {
         assert_eq!(fs::read(d.join("b")).unwrap(), b"new");
         // create_new refuses an existing name, symlink or not.
         assert!(create_new(&d.join("b"), b"x", Durability::Buffered).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn early_visible_writes_are_whole_when_announced() {
+        let d = temp("early");
+        let path = d.join("r");
+        let mut seen = None;
+        write_atomic_visible_early(&d, ".r.tmp", "r", b"result", || {
+            seen = Some(fs::read(&path).unwrap());
+        })
+        .unwrap();
+        assert_eq!(seen.as_deref(), Some(&b"result"[..]));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!exists(&d.join(".r.tmp")));
         fs::remove_dir_all(&d).unwrap();
     }
 

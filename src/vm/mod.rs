@@ -21,6 +21,8 @@ pub mod files;
 pub mod history;
 pub mod keycmd;
 pub mod queue;
+pub mod relay;
+pub mod sock;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -146,6 +148,12 @@ pub enum Error {
         /// A result arrived in the grace period and was shown.
         result_shown: bool,
     },
+    /// The live output shown does not match the verified result's (DESIGN §4 stream
+    /// mode: what streams must be a prefix of what dom0 signed).
+    StreamMismatch {
+        /// The job.
+        id: CommandId,
+    },
     /// The agent ended abnormally.
     Agent(AgentError),
 }
@@ -200,6 +208,9 @@ impl fmt::Display for Error {
             }
             Error::NoResult { id } => write!(f, "no result for {id} yet"),
             Error::Cancelled { .. } => f.write_str("cancelled"),
+            Error::StreamMismatch { .. } => {
+                f.write_str("streamed output differs from dom0's signed result")
+            }
             Error::Agent(e) => write!(f, "agent: {e}"),
         }
     }
@@ -226,6 +237,7 @@ impl Error {
             Error::NoAnswer { id, .. }
             | Error::Unverified { id, .. }
             | Error::NoResult { id }
+            | Error::StreamMismatch { id }
             | Error::Cancelled { id, .. } => Some(id),
             _ => None,
         }

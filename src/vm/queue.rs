@@ -60,8 +60,10 @@ pub fn status(dd: &DataDir, console: &mut Console<'_>) -> Result<(), Error> {
         .map(|(q, n)| format!("{} {n}", q.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let agent = if files::exists(&dd.agent_socket()) {
-        "socket present"
+    let agent = if super::sock::connect(&dd.agent_socket()).is_some() {
+        "listening on agent.sock (stream mode)"
+    } else if files::exists(&dd.agent_socket()) {
+        "agent.sock present but nobody answers (a stale socket; the next agent replaces it)"
     } else {
         "no socket (poll mode, or no stream-mode agent running)"
     };

@@ -334,3 +334,120 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
     }
     found
 }
+
+impl Sim {
+    /// `simctl exec VM ARGV…` as a `Command` to configure and spawn: the process ends
+    /// up being ARGV[0] itself (simctl, setpriv and env all exec), so its pid is the
+    /// pid to signal once the program has started.
+    pub fn vm_command(&self, vm: &str, argv: &[&str]) -> Command {
+        let mut c = Command::new(sim_tools().join("simctl"));
+        c.arg("exec").arg(vm).args(argv);
+        c.env("QVM_SIM_DIR", &self.sim_dir);
+        c
+    }
+
+    /// A stream-mode simulator with these VMs, daemon started and every VM's agent
+    /// listening on its `agent.sock`.
+    pub fn streaming(vms: &[&str]) -> Sim {
+        let mut sim = Sim::new(vms);
+        sim.set("QVM_REMOTE_MODE", "stream");
+        sim.start_daemon();
+        for vm in vms {
+            let sock = sim.vm_data(vm).join("agent.sock");
+            assert!(
+                wait_for(Duration::from_secs(20), || sock.exists()),
+                "no agent.sock in {vm}: {}",
+                sim.log_text()
+            );
+        }
+        sim
+    }
+}
+
+impl Sim {
+    /// Pids of processes "inside" VM `vm` of this simulator (their environment names
+    /// this sim dir and the VM, as qvm-run sets it) whose command line contains
+    /// `needle`.
+    pub fn vm_processes(&self, vm: &str, needle: &str) -> Vec<u32> {
+        let want_dir = format!("QVM_SIM_DIR={}", self.sim_dir.display());
+        let want_vm = format!("QVM_SIM_VM={vm}");
+        processes_matching(needle)
+            .into_iter()
+            .filter(|pid| {
+                let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+                vars.contains(&want_dir.as_bytes()) && vars.contains(&want_vm.as_bytes())
+            })
+            .collect()
+    }
+}
+
+/// A process's field from /proc/<pid>/status, in kB (or a plain count).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The job id from a `qvm-remote -v` run's `job <id> queued` note.
+pub fn queued_id(stderr_text: &str) -> Option<String> {
+    stderr_text.lines().find_map(|l| {
+        let rest = l.strip_prefix("qvm-remote: job ")?;
+        let (id, tail) = rest.split_once(' ')?;
+        tail.starts_with("queued").then(|| id.to_string())
+    })
+}
+
+impl Sim {
+    /// dom0's PATH with the simulator's tools first, so the daemon and the admin
+    /// subcommands find `qvm-tags` and `qvm-ls` there (job PATH stays the fixed one).
+    pub fn sim_path(&self) -> String {
+        let rest = std::env::var("PATH").unwrap_or_default();
+        format!("{}:{rest}", sim_tools().display())
+    }
+
+    /// Starts the daemon with the simulator's tools on its PATH.
+    pub fn start_daemon_sim_path(&mut self) {
+        assert!(self.daemon.is_none());
+        let mut c = self.dom0_command(&[]);
+        c.env("PATH", self.sim_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.daemon = Some(c.spawn().unwrap());
+    }
+
+    /// `qvm-remote-dom0 ARGS…` with the simulator's tools on its PATH.
+    pub fn dom0_cmd_sim_path(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut c = self.dom0_command(args);
+        c.env("PATH", self.sim_path());
+        run_with_stdin(c, stdin)
+    }
+
+    /// The policy file the config names.
+    pub fn policy_path(&self) -> PathBuf {
+        self.dom0.join("policy")
+    }
+
+    /// Writes the policy file (mode 0600, replacing it atomically).
+    pub fn write_policy(&self, text: &str) {
+        let tmp = self.dom0.join(".policy.tmp");
+        let _ = fs::remove_file(&tmp);
+        fs::write(&tmp, text).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(&tmp, self.policy_path()).unwrap();
+    }
+
+    /// The ids `qvm-remote-dom0 pending` lists.
+    pub fn pending_ids(&self) -> Vec<String> {
+        let out = self.dom0_cmd(&["pending"], b"");
+        stdout(&out)
+            .lines()
+            .filter(|l| !l.starts_with(' ') && l.contains(" vm="))
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect()
+    }
+}

@@ -1,0 +1,867 @@
+//! The admin panel over raw sockets (shared/DESIGN.md §8; issue 6): Host, login,
+//! session, CSRF, Origin and Content-Type checks; every HTTP limit one byte past it;
+//! malformed requests; deadlines; idle connections; keep-alive; shutdown; and a walk
+//! over `/api/openapi.json` that calls every endpoint with valid input, invalid input
+//! and injection strings, with a side-effect file proving nothing was executed.
+
+mod common;
+mod panel_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use panel_support::{connect, raw, read_response, wait_task, PanelSim, Resp};
+use qvm_remote::json::Value;
+use qvm_remote::panel::http::{HEAD_DEADLINE, MAX_BODY, MAX_HEADERS, MAX_LINE};
+
+/// Every reply the panel sends carries these (DESIGN §8) and a Content-Length.
+fn assert_well_formed(r: &Resp) {
+    assert!(
+        r.header("content-length").is_some(),
+        "no Content-Length: {r:?}"
+    );
+    assert_eq!(
+        r.header("content-security-policy")
+            .map(|v| v.starts_with("default-src 'self'")),
+        Some(true),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+}
+
+fn get_raw(p: &PanelSim, host: &str, path: &str, extra: &str) -> Resp {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    raw(p.port, req.as_bytes()).expect("a response")
+}
+
+#[test]
+fn host_header_must_name_the_panel() {
+    let p = PanelSim::start(&["work"]);
+    let port = p.port;
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+    ] {
+        let r = get_raw(&p, &host, "/api/health", "");
+        assert_eq!(r.status, 200, "{host}");
+        assert_well_formed(&r);
+    }
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "127.0.0.1".to_string(),
+        format!("127.0.0.2:{port}"),
+        format!("[::1]:{port}"),
+        format!("127.0.0.1:{port}.evil.example"),
+    ] {
+        for path in ["/api/health", "/", "/api/session", "/login?token=x"] {
+            let r = get_raw(&p, &host, path, "");
+            assert_eq!(r.status, 421, "{host} {path}");
+            assert_well_formed(&r);
+        }
+    }
+    // No Host, or two: 400.
+    let r = raw(p.port, b"GET /api/health HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    let req = format!(
+        "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    );
+    assert_eq!(raw(p.port, req.as_bytes()).unwrap().status, 400);
+}
+
+#[test]
+fn login_is_one_time_and_sets_a_strict_http_only_cookie() {
+    let p = PanelSim::start(&["work"]);
+    let url = p.login_url();
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{}/login?token=", p.port)),
+        "{url}"
+    );
+    let path = url.split_once(&p.host()).unwrap().1.to_string();
+    let first = get_raw(&p, &p.host(), &path, "");
+    assert_eq!(first.status, 303);
+    assert_eq!(first.header("location"), Some("/"));
+    let cookie = first.header("set-cookie").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    // The same URL again, a wrong token, no token: refused.
+    assert_eq!(get_raw(&p, &p.host(), &path, "").status, 403);
+    let wrong = format!("/login?token={}", "0".repeat(64));
+    assert_eq!(get_raw(&p, &p.host(), &wrong, "").status, 403);
+    assert_eq!(get_raw(&p, &p.host(), "/login", "").status, 403);
+    // A token for a different panel URL is refused as well: a fresh one works once.
+    let c = p.login();
+    assert_eq!(c.get("/api/session").status, 200);
+    let log = p.sim.log_text();
+    assert!(log.contains("PANEL-LOGIN result=ok"), "{log}");
+    assert!(log.contains("PANEL-LOGIN result=refused"), "{log}");
+}
+
+#[test]
+fn api_needs_a_valid_session() {
+    let p = PanelSim::start(&["work"]);
+    let c = p.login();
+    let host = p.host();
+    for extra in [
+        String::new(),
+        "Cookie: qvmr_session=\r\n".to_string(),
+        format!("Cookie: qvmr_session={}\r\n", "a".repeat(64)),
+        format!("Cookie: other={}\r\n", c.cookie.split('=').nth(1).unwrap()),
+    ] {
+        for path in [
+            "/api/session",
+            "/api/openapi.json",
+            "/api/tasks",
+            "/api/logs",
+        ] {
+            let r = get_raw(&p, &host, path, &extra);
+            assert_eq!(r.status, 401, "{path} with {extra:?}");
+            assert_well_formed(&r);
+        }
+    }
+    // Health is public; the page itself too (it holds no data).
+    assert_eq!(get_raw(&p, &host, "/api/health", "").status, 200);
+    assert_eq!(get_raw(&p, &host, "/", "").status, 200);
+    // After logout the cookie is dead.
+    let r = c.post("/api/logout", "{}");
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(c.get("/api/session").status, 401);
+}
+
+#[test]
+fn state_changes_need_csrf_same_origin_and_json() {
+    let p = PanelSim::start(&["work"]);
+    let c = p.login();
+    let marker = p.files_dir.join("csrf-test");
+    let body = r#"{"scope": "global", "name": "default_netvm", "value": "sys-net"}"#;
+    let evil_origin = format!("http://evil.example:{}", p.port);
+    let other_port = format!("http://127.0.0.1:{}", p.port.wrapping_add(1));
+    let table: &[(&[(&str, Option<&str>)], u16)] = &[
+        (&[("X-CSRF-Token", None)], 403),
+        (&[("X-CSRF-Token", Some("0000"))], 403),
+        (&[("X-CSRF-Token", Some(""))], 403),
+        (&[("Origin", None)], 403),
+        (&[("Origin", Some(&evil_origin))], 403),
+        (&[("Origin", Some(&other_port))], 403),
+        (&[("Origin", Some("null"))], 403),
+        (&[("Content-Type", Some("text/plain"))], 415),
+        (
+            &[("Content-Type", Some("application/x-www-form-urlencoded"))],
+            415,
+        ),
+        (&[("Content-Type", None)], 415),
+        (&[("Cookie", None)], 401),
+    ];
+    for (changes, status) in table {
+        let r = c.post_with("/api/prefs/set", body, changes);
+        assert_eq!(r.status, *status, "{changes:?}: {}", r.text());
+        assert_well_formed(&r);
+    }
+    // Nothing was changed by any of them.
+    let out = std::process::Command::new(common::sim_tools().join("qubes-prefs"))
+        .arg("default_netvm")
+        .env("QVM_SIM_DIR", &p.sim.sim_dir)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sys-firewall");
+    assert!(!marker.exists());
+    // The same request with every check satisfied works.
+    let r = c.post("/api/prefs/set", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Refusals are in the audit log.
+    let log = p.sim.log_text();
+    assert!(log.contains("PANEL-DENIED action=/api/prefs/set"), "{log}");
+}
+
+#[test]
+fn wrong_methods_are_405_with_allow() {
+    let p = PanelSim::start(&["work"]);
+    let c = p.login();
+    // GET on a state-changing route.
+    for path in [
+        "/api/logout",
+        "/api/prefs/set",
+        "/api/exec/dom0",
+        "/api/vms/revoke",
+    ] {
+        let r = c.get(path);
+        assert_eq!(r.status, 405, "{path}");
+        assert_eq!(r.header("allow"), Some("POST"), "{path}");
+    }
+    // POST on a read-only route.
+    let r = c.post("/api/session", "{}");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    // Other methods.
+    for m in ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"] {
+        let req = format!(
+            "{m} /api/session HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+            p.host(),
+            c.cookie
+        );
+        assert_eq!(raw(p.port, req.as_bytes()).unwrap().status, 405, "{m}");
+    }
+    assert_eq!(c.get("/api/nonexistent").status, 404);
+    assert_eq!(c.get("/etc/passwd").status, 404);
+    assert_eq!(c.get("/../../etc/passwd").status, 404);
+}
+
+#[test]
+fn limits_one_past_each() {
+    let p = PanelSim::start(&["work"]);
+    let c = p.login();
+    let host = p.host();
+    // Request line: exactly MAX_LINE is fine (404), one more is 414.
+    let fixed = "GET / HTTP/1.1".len();
+    let ok_path = format!("/{}", "a".repeat(MAX_LINE - fixed));
+    let r = get_raw(&p, &host, &ok_path, "");
+    assert_eq!(r.status, 404);
+    let long_path = format!("/{}", "a".repeat(MAX_LINE - fixed + 1));
+    let r = get_raw(&p, &host, &long_path, "");
+    assert_eq!(r.status, 414);
+    assert_well_formed(&r);
+    // One header line: MAX_LINE fine, one more 431.
+    let name = "X-Filler: ";
+    let ok = format!("{name}{}\r\n", "b".repeat(MAX_LINE - name.len()));
+    assert_eq!(get_raw(&p, &host, "/api/health", &ok).status, 200);
+    let long = format!("{name}{}\r\n", "b".repeat(MAX_LINE - name.len() + 1));
+    assert_eq!(get_raw(&p, &host, "/api/health", &long).status, 431);
+    // Header count: Host + Connection + (MAX_HEADERS - 2) fine; one more is 431.
+    let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+    assert_eq!(
+        get_raw(&p, &host, "/api/health", &many(MAX_HEADERS - 2)).status,
+        200
+    );
+    assert_eq!(
+        get_raw(&p, &host, "/api/health", &many(MAX_HEADERS - 1)).status,
+        431
+    );
+    assert_eq!(get_raw(&p, &host, "/api/health", &many(5000)).status, 431);
+    // Body: MAX_BODY accepted (and then refused as JSON), one more 413 before reading.
+    let big = format!("{{\"x\": \"{}\"}}", "c".repeat(MAX_BODY - 9));
+    assert_eq!(big.len(), MAX_BODY);
+    let r = c.post("/api/prefs/set", &big);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.post_with(
+        "/api/prefs/set",
+        "",
+        &[("Content-Length", Some(&(MAX_BODY + 1).to_string()))],
+    );
+    assert_eq!(r.status, 413);
+    // Transfer-Encoding is not accepted at all; two lengths are refused.
+    let r = c.post_with(
+        "/api/prefs/set",
+        "{}",
+        &[("Transfer-Encoding", Some("chunked"))],
+    );
+    assert_eq!(r.status, 501);
+    let req = format!("POST /api/logout HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}");
+    assert_eq!(raw(p.port, req.as_bytes()).unwrap().status, 400);
+    // POST without a length.
+    let r = c.post_with("/api/logout", "", &[("Content-Length", None)]);
+    assert_eq!(r.status, 411);
+    // A body that is not JSON, not an object, too deep.
+    for body in ["nope", "[1]", "\"x\"", &"[".repeat(100)] {
+        let r = c.post("/api/logout", body);
+        assert_eq!(r.status, 400, "{body}");
+    }
+    // The server is still fine.
+    assert_eq!(c.get("/api/session").status, 200);
+}
+
+#[test]
+fn malformed_requests_are_refused_and_the_server_survives() {
+    let p = PanelSim::start(&["work"]);
+    let host = p.host();
+    let table: Vec<(Vec<u8>, u16)> = vec![
+        (b"\r\n\r\n".to_vec(), 400),
+        (b"GET\r\n\r\n".to_vec(), 400),
+        (b"GET /\r\n\r\n".to_vec(), 400),
+        (
+            format!("GET / HTTP/1.1 extra\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET  / HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("get / HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET noslash HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET http://evil/ HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/2.0\r\nHost: {host}\r\n\r\n").into_bytes(),
+            505,
+        ),
+        (
+            format!("GET / SMTP/1.0\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\nHost: {host}\n\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n folded\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost : {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nBad\x01: x\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nX: \x7f\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            [
+                b"GET /".as_slice(),
+                &[0xff],
+                format!(" HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+            ]
+            .concat(),
+            400,
+        ),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            format!("GET /api/health?a=%zz HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!("GET /api/health?a=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            400,
+        ),
+    ];
+    for (bytes, status) in &table {
+        let r = raw(p.port, bytes).expect("an answer");
+        assert_eq!(r.status, *status, "{:?}", String::from_utf8_lossy(bytes));
+        assert_well_formed(&r);
+    }
+    // Bytes that never end a line, and random noise: refused or timed out, never a hang
+    // of the server.
+    let mut noise = connect(p.port);
+    noise.write_all(&[0u8; 20_000]).unwrap();
+    let r = read_response(&mut noise).unwrap();
+    assert_eq!(r.status, 414);
+    let r = get_raw(&p, &host, "/api/health", "");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn slow_head_gets_408_at_the_deadline_and_idle_connections_do_not_block() {
+    let p = PanelSim::start(&["work"]);
+    let host = p.host();
+    // 50 idle connections and 10 half-sent heads: more than the workers.
+    let idle: Vec<TcpStream> = (0..50).map(|_| connect(p.port)).collect();
+    let mut slow: Vec<TcpStream> = (0..10).map(|_| connect(p.port)).collect();
+    for s in &mut slow {
+        s.write_all(b"GET /api/health HTTP/1.1\r\nHo").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A real request still gets through at once.
+    let t = Instant::now();
+    let r = get_raw(&p, &host, "/api/health", "");
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Keep the slow ones trickling; they still hit the head deadline.
+    let started = Instant::now();
+    for s in &mut slow {
+        s.write_all(b"s").unwrap();
+    }
+    for s in &mut slow {
+        let r = read_response(s).expect("a 408");
+        assert_eq!(r.status, 408);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited <= HEAD_DEADLINE + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    // The idle connections are still open and usable (idle timeout is longer).
+    let mut one = idle.into_iter().next().unwrap();
+    one.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut one).unwrap().status, 200);
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let p = PanelSim::start(&["work"]);
+    let host = p.host();
+    let mut s = connect(p.port);
+    for _ in 0..5 {
+        s.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+    // Three requests in one write: three answers, in order.
+    let one = format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let bad = format!("GET /nope HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.write_all(format!("{one}{bad}{one}").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(read_response(&mut s).unwrap().status, 404);
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    // Connection: close is honoured.
+    s.write_all(
+        format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    // A refused request closes its connection (its body was never read).
+    let mut s = connect(p.port);
+    s.write_all(
+        format!("POST /api/logout HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello")
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn event_streams_are_capped_and_sigterm_stops_within_two_seconds() {
+    let mut p = PanelSim::start(&["work"]);
+    let c = p.login();
+    let r = c.post(
+        "/api/exec/dom0",
+        r#"{"argv": ["sleep", "60"], "timeout": 120}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = panel_support::json_str(&r.body, "task");
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = connect(p.port);
+                s.write_all(
+                    format!(
+                        "GET /api/tasks/{id}/events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+                        p.host(),
+                        c.cookie
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let mut head = [0u8; 15];
+                s.read_exact(&mut head).unwrap();
+                assert_eq!(&head, b"HTTP/1.1 200 OK");
+                s
+            })
+            .collect()
+    };
+    let streams = open(qvm_remote::panel::MAX_EVENT_STREAMS);
+    let r = c.get(&format!("/api/tasks/{id}/events"));
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    // Ordinary requests still work while the streams hold their workers.
+    assert_eq!(c.get("/api/session").status, 200);
+    drop(streams);
+    let took = p.stop();
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    // The task's process group went with it.
+    assert!(common::wait_for(Duration::from_secs(5), || {
+        common::processes_matching("sleep 60").is_empty()
+    }));
+}
+
+/// Strings that would do something if any layer handed them to a shell or used them
+/// as an option; each includes the side-effect file's path.
+fn injections(marker: &str) -> Vec<String> {
+    vec![
+        format!("'; touch {marker}; '"),
+        format!("; touch {marker}"),
+        format!("$(touch {marker})"),
+        format!("`touch {marker}`"),
+        format!("x && touch {marker}"),
+        format!("| touch {marker}"),
+        format!("../../../../{marker}"),
+        format!("-oProxyCommand=touch {marker}"),
+        "--help".to_string(),
+        format!("a\ntouch {marker}"),
+        format!("work\n{marker}"),
+        format!("{marker}\0"),
+    ]
+}
+
+fn example_body(fields: &[(String, Value, bool, bool)]) -> Vec<(String, Value)> {
+    fields
+        .iter()
+        .filter(|(_, _, _, in_path)| !in_path)
+        .map(|(n, v, _, _)| (n.clone(), v.clone()))
+        .collect()
+}
+
+fn fill_path(path: &str, fields: &[(String, Value, bool, bool)]) -> String {
+    let mut out = path.to_string();
+    for (name, v, _, in_path) in fields {
+        if *in_path {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_json(),
+            };
+            out = out.replace(&format!("{{{name}}}"), &pct(&text));
+        }
+    }
+    out
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn query(fields: &[(String, Value)]) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(n, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_json(),
+            };
+            format!("{}={}", pct(n), pct(&text))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// The operations of the OpenAPI document: (method, path, fields as (name, example,
+/// required, in path), runs_command).
+type Op = (String, String, Vec<(String, Value, bool, bool)>, bool);
+
+fn operations(doc: &Value) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (path, item) in doc.get("paths").unwrap().as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut fields = Vec::new();
+            for p in op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .unwrap_or(&[])
+            {
+                let name = p.get("name").unwrap().as_str().unwrap().to_string();
+                let schema = p.get("schema").unwrap();
+                let example = schema.get("example").cloned().unwrap_or(Value::Null);
+                let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
+                let in_path = p.get("in").and_then(Value::as_str) == Some("path");
+                fields.push((name, example, required, in_path));
+            }
+            if let Some(body) = op.get("requestBody") {
+                let schema = body
+                    .get("content")
+                    .and_then(|c| c.get("application/json"))
+                    .and_then(|c| c.get("schema"))
+                    .unwrap();
+                let required: Vec<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                for (name, prop) in schema.get("properties").unwrap().as_object().unwrap() {
+                    let example = prop.get("example").cloned().unwrap_or(Value::Null);
+                    fields.push((
+                        name.clone(),
+                        example,
+                        required.contains(&name.as_str()),
+                        false,
+                    ));
+                }
+            }
+            let runs = op
+                .get("x-runs-command")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            ops.push((method.to_ascii_uppercase(), path.clone(), fields, runs));
+        }
+    }
+    ops
+}
+
+fn call(c: &panel_support::Client, method: &str, path: &str, fields: &[(String, Value)]) -> Resp {
+    if method == "GET" {
+        c.get(&format!("{path}{}", query(fields)))
+    } else {
+        c.post(path, &Value::Object(fields.to_vec()).to_json())
+    }
+}
+
+#[test]
+fn openapi_walk_valid_invalid_and_injected_input_never_executes() {
+    let p = PanelSim::start(&["work", "dev"]);
+    let mut c = p.login();
+    let marker = p.sim.marker("pwned");
+    let marker_s = marker.display().to_string();
+    let doc = c.get("/api/openapi.json").json();
+    assert_eq!(doc.get("openapi").and_then(Value::as_str), Some("3.0.3"));
+    let ops = operations(&doc);
+    assert!(ops.len() >= 8, "{}", ops.len());
+    let skip = |path: &str| path == "/login" || path.ends_with("/events") || path == "/api/logout";
+    let mut statuses = Vec::new();
+    for (method, path, fields, runs) in &ops {
+        if skip(path) {
+            continue;
+        }
+        let url = fill_path(path, fields);
+        let valid = example_body(fields);
+        // Valid input: never a validation or auth failure, never a server bug.
+        let r = call(&c, method, &url, &valid);
+        assert!(
+            ![400, 401, 403, 405, 415, 500].contains(&r.status),
+            "{method} {path} valid input: {} {}",
+            r.status,
+            r.text()
+        );
+        assert_well_formed(&r);
+        statuses.push(format!("{method} {path} {}", r.status));
+        // Each field: missing (when required), wrong type, and every injection string.
+        for (i, (name, example, required, in_path)) in fields.iter().enumerate() {
+            let with = |v: Option<Value>| -> Vec<(String, Value)> {
+                let mut out = Vec::new();
+                for (j, (n, e, _, ip)) in fields.iter().enumerate() {
+                    if *ip {
+                        continue;
+                    }
+                    if j == i {
+                        if let Some(v) = &v {
+                            out.push((n.clone(), v.clone()));
+                        }
+                    } else {
+                        out.push((n.clone(), e.clone()));
+                    }
+                }
+                out
+            };
+            if *in_path {
+                for inj in injections(&marker_s) {
+                    let bad_url = path.replace(&format!("{{{name}}}"), &pct(&inj));
+                    let bad_url = fill_path(&bad_url, fields);
+                    let r = call(&c, method, &bad_url, &valid);
+                    assert!(
+                        [400, 404].contains(&r.status),
+                        "{method} {path} {name}={inj:?}: {}",
+                        r.status
+                    );
+                }
+                continue;
+            }
+            if *required {
+                let r = call(&c, method, &url, &with(None));
+                assert_eq!(
+                    r.status,
+                    400,
+                    "{method} {path} without {name}: {}",
+                    r.text()
+                );
+            }
+            let wrong_type = match example {
+                Value::String(_) => Value::Number(7.0),
+                Value::Number(_) => Value::String("7x".into()),
+                Value::Bool(_) => Value::String("maybe".into()),
+                Value::Array(_) => Value::String("not a list".into()),
+                _ => Value::Object(vec![]),
+            };
+            if method == "POST" || !matches!(example, Value::String(_)) {
+                let r = call(&c, method, &url, &with(Some(wrong_type)));
+                assert_eq!(
+                    r.status,
+                    400,
+                    "{method} {path} {name} wrong type: {}",
+                    r.text()
+                );
+            }
+            for inj in injections(&marker_s) {
+                let v = match example {
+                    Value::Array(items) => {
+                        // In an argv, the injection is an argument: data to the program.
+                        let mut a = items.clone();
+                        if *runs {
+                            a.push(Value::String(inj.clone()));
+                        } else {
+                            a = vec![Value::String(inj.clone())];
+                        }
+                        Value::Array(a)
+                    }
+                    _ => Value::String(inj.clone()),
+                };
+                let r = call(&c, method, &url, &with(Some(v)));
+                assert!(
+                    r.status < 500 || r.status == 502,
+                    "{method} {path} {name}={inj:?}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                assert!(
+                    !marker.exists(),
+                    "{method} {path} {name}={inj:?} ran something!"
+                );
+            }
+        }
+        // Unknown parameters are refused, not ignored.
+        let mut extra = valid.clone();
+        extra.push(("no_such_parameter".into(), Value::String("x".into())));
+        let r = call(&c, method, &url, &extra);
+        assert_eq!(
+            r.status,
+            400,
+            "{method} {path} unknown parameter: {}",
+            r.text()
+        );
+        // Re-login if an endpoint ended the session.
+        if c.get("/api/session").status == 401 {
+            c = p.login();
+        }
+    }
+    // Let background tasks started by the walk finish, then look again.
+    let tasks = c.get("/api/tasks").json();
+    for t in tasks.get("tasks").and_then(Value::as_array).unwrap_or(&[]) {
+        let id = t.get("id").and_then(Value::as_str).unwrap();
+        let _ = c.post(&format!("/api/tasks/{id}/cancel"), "{}");
+        wait_task(&c, id);
+    }
+    assert!(!marker.exists(), "an injection string was executed");
+    // No fake tool ever got an argument that starts with - from a parameter.
+    for call in p.fake_calls() {
+        for w in call.iter().skip(1) {
+            assert!(!w.contains("touch") || !w.starts_with('-'), "{call:?}");
+        }
+    }
+    // Every POST endpoint's valid call is in the audit log.
+    let log = p.sim.log_text();
+    for (method, path, _, _) in &ops {
+        if method == "POST" && !skip(path) {
+            assert!(
+                log.contains(&format!("action={path} ")),
+                "{path} not logged"
+            );
+        }
+    }
+    eprintln!("{}", statuses.join("\n"));
+}
+
+/// `make bench-panel`: /api/health under 64 keep-alive connections for 10 s.
+#[test]
+#[ignore]
+fn bench_health_under_64_keep_alive_connections() {
+    const CONNECTIONS: usize = 64;
+    const SECONDS: u64 = 10;
+    let p = PanelSim::start(&["work"]);
+    let threads = |pid: u32| -> usize {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The worker pool starts right after the address file is written: one request
+    // first, so "before" counts the whole pool.
+    assert_eq!(get_raw(&p, &p.host(), "/api/health", "").status, 200);
+    let before = threads(p.pid());
+    let req = format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n\r\n", p.host());
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let peak = std::sync::atomic::AtomicUsize::new(before);
+    let results: Vec<(Vec<u32>, usize)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let req = req.clone();
+                scope.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut errors = 0;
+                    let mut s = connect(p.port);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        if s.write_all(req.as_bytes()).is_err() {
+                            errors += 1;
+                            s = connect(p.port);
+                            continue;
+                        }
+                        match read_response(&mut s) {
+                            Some(r) if r.status == 200 => lat.push(t.elapsed().as_micros() as u32),
+                            _ => {
+                                errors += 1;
+                                s = connect(p.port);
+                            }
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        while Instant::now() < deadline {
+            peak.fetch_max(threads(p.pid()), std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let after = threads(p.pid());
+    let mut all: Vec<u32> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    let errors: usize = results.iter().map(|(_, e)| e).sum();
+    all.sort_unstable();
+    let pct = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    println!("panel /api/health, {CONNECTIONS} keep-alive connections, {SECONDS} s:");
+    println!("  requests   {}", all.len());
+    println!(
+        "  throughput {:.0} req/s",
+        all.len() as f64 / SECONDS as f64
+    );
+    println!("  p50        {:.2} ms", pct(0.50));
+    println!("  p99        {:.2} ms", pct(0.99));
+    println!("  max        {:.2} ms", pct(1.0));
+    println!("  errors     {errors}");
+    println!(
+        "  threads    {before} before, {} peak, {after} after",
+        peak.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert_eq!(errors, 0);
+    assert_eq!(before, after, "thread count changed");
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "thread count grew under load"
+    );
+    assert!(pct(0.99) <= 20.0, "p99 {:.2} ms over 20 ms", pct(0.99));
+}
