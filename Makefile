@@ -148,7 +148,7 @@ print-hash: dom0-bundle
 	@echo "  sudo bash install-dom0.sh VM --from $(BUNDLE)"
 
 repro:
-	$(CARGO) test --test install -- --ignored --nocapture release_builds_are_reproducible
+	$(CARGO) test --test install -- --nocapture --exact release_builds_are_reproducible
 
 install-vm:
 	@test -x $(CLIENT_BIN) || { echo "no $(CLIENT_BIN): run make static first" >&2; exit 1; }
@@ -227,3 +227,14 @@ deb: dist
 	$(CARGO) fetch --locked
 	cp "$$(ls $(CARGO_HOME)/registry/cache/*/libc-$(LIBC_VERSION).crate | head -n 1)" $(DEB_BUILD_DIR)/
 	cd $(DEB_BUILD_DIR)/$(DIST_NAME) && dpkg-buildpackage -b -us -uc $(DEB_FLAGS)
+
+# The admin panel (src/panel/): its load figure, and its browser test on its own.
+.PHONY: bench-panel panel-browser
+
+# /api/health under 64 keep-alive connections for 10 s: p50/p99, errors, threads.
+bench-panel:
+	$(CARGO) test --release --test panel bench_health_under_64_keep_alive_connections -- --ignored --nocapture --test-threads 1
+
+# The twelve tabs in headless Chromium; screenshots land in target/panel-screens/.
+panel-browser:
+	$(CARGO) test --test panel_browser -- --nocapture

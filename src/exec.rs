@@ -695,6 +695,10 @@ fn watch(
         signal_group(pid, Signal::Kill);
         phase = Phase::Killed;
     }
+    // The child is not reaped yet, so its pid still names it. Waiting on its pidfd
+    // wakes the moment it exits instead of at the next tick; the tick stays for the
+    // cancel flag and the deadline. Without a pidfd (old kernel) the tick alone works.
+    let exit_handle = PidFd::open(pid).ok();
     loop {
         if sys::child_has_exited(pid)? {
             return Ok((ending, Instant::now()));
@@ -725,7 +729,12 @@ fn watch(
             }
             Phase::Killed => {}
         }
-        thread::sleep(WAIT_POLL);
+        match &exit_handle {
+            Some(h) => {
+                sys::wait_ready(h.as_fd(), Readiness::Readable, WAIT_POLL)?;
+            }
+            None => thread::sleep(WAIT_POLL),
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::mem::{self, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::ptr;
@@ -187,6 +187,14 @@ pub fn kill_group(pgid: i32, sig: Signal) -> io::Result<()> {
 #[derive(Debug)]
 pub struct PidFd {
     fd: OwnedFd,
+}
+
+impl AsFd for PidFd {
+    /// The descriptor becomes readable when the process exits, so a caller can wait for
+    /// an exit with [`wait_ready`] instead of polling on a timer.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl PidFd {

@@ -963,10 +963,18 @@ fn elf_reader_sees_a_dynamic_executable() {
     assert!(elf_program_headers(b"#!/bin/sh\n").is_err());
 }
 
-#[test]
-fn static_client_has_no_dynamic_section_and_runs_in_an_empty_environment() {
+/// `make static` in this tree, one test at a time: two tests use target/static.
+fn make_static() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = make(&["static"], &[]);
     assert!(out.status.success(), "make static: {}", text(&out));
+    guard
+}
+
+#[test]
+fn static_client_has_no_dynamic_section_and_runs_in_an_empty_environment() {
+    let _static = make_static();
     let bin = repo().join("target/static/qvm-remote");
     let bytes = fs::read(&bin).unwrap();
     let size = bytes.len();
@@ -1023,6 +1031,19 @@ fn release_builds_are_reproducible() {
             "make release in {place}: {}",
             text(&out)
         );
+        // No build path is left in the bytes: not the tree's, not the cargo home's.
+        let cargo_home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        for bin in ["qvm-remote", "qvm-remote-dom0"] {
+            let bytes = fs::read(dir.join("target/release").join(bin)).unwrap();
+            for needle in [dir.to_string_lossy().into_owned(), cargo_home.clone()] {
+                let n = needle.as_bytes();
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == n),
+                    "{bin} built in {place} holds the path {needle}"
+                );
+            }
+        }
         let client = sha256_file(&dir.join("target/release/qvm-remote"));
         let dom0 = sha256_file(&dir.join("target/release/qvm-remote-dom0"));
         eprintln!("{place}: qvm-remote {client}  qvm-remote-dom0 {dom0}");
@@ -1057,6 +1078,11 @@ fn rpm_and_deb_packages_build_with_the_expected_files() {
         &[("STATIC_TARGET_DIR", &cargo_dir)],
     );
     assert!(out.status.success(), "make rpm: {}", text(&out));
+    // The dom0 binary the package ships is static-pie: no interpreter, so it runs in
+    // any dom0 whatever glibc the building VM had.
+    let dom0_static = cargo_dir.join("dom0/x86_64-unknown-linux-gnu/release/qvm-remote-dom0");
+    let (_, types) = elf_program_headers(&fs::read(&dom0_static).unwrap()).unwrap();
+    assert!(!types.contains(&PT_INTERP), "{types:?}");
     let rpms = top.join("rpm/RPMS/x86_64");
     let list = |rpm: &str| -> Vec<String> {
         let out = Command::new("rpm")
@@ -1181,9 +1207,10 @@ fn rpm_and_deb_packages_build_with_the_expected_files() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let deb_sha = sha256_file(&extracted.join("usr/bin/qvm-remote"));
-    let out = make(&["static"], &[]);
-    assert!(out.status.success(), "make static: {}", text(&out));
-    let local_sha = sha256_file(&repo().join("target/static/qvm-remote"));
+    let local_sha = {
+        let _static = make_static();
+        sha256_file(&repo().join("target/static/qvm-remote"))
+    };
     eprintln!("static client: rpm {rpm_sha} deb {deb_sha} local {local_sha}");
     assert_eq!(rpm_sha, local_sha);
     assert_eq!(deb_sha, local_sha);
@@ -1260,6 +1287,55 @@ fn salt_formula_renders_and_never_enables_the_service() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// makepkg's own parser reads the PKGBUILD (as a normal user: makepkg refuses root).
+#[test]
+fn pkgbuild_parses_with_makepkg() {
+    if !tool_available("makepkg") {
+        return;
+    }
+    let dir = temp_dir("pkgbuild");
+    let pkgbuild = dir.join("PKGBUILD");
+    fs::copy(repo().join("packaging/archlinux/PKGBUILD"), &pkgbuild).unwrap();
+    fs::set_permissions(&pkgbuild, fs::Permissions::from_mode(0o644)).unwrap();
+    // makepkg wants to be able to write where the PKGBUILD is, even to print.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut c = if nix_euid_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", "makepkg"]);
+        c
+    } else {
+        Command::new("makepkg")
+    };
+    let out = c
+        .arg("--printsrcinfo")
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", text(&out));
+    let (libc, sum) = libc_from_lock();
+    for want in [
+        format!("pkgver = {}", cargo_version()),
+        format!(
+            "source = libc-{libc}.crate::https://static.crates.io/crates/libc/libc-{libc}.crate"
+        ),
+        format!("sha256sums = {sum}"),
+        "options = !strip".to_string(),
+    ] {
+        assert!(info.lines().any(|l| l.trim() == want), "{want}: {info}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn nix_euid_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 // ---------------------------------------------------------------------------------------
 // systemd units
 
@@ -1295,20 +1371,23 @@ fn systemd_units_have_what_the_install_relies_on() {
     for want in [
         "ExecStart=/usr/bin/qvm-remote-dom0 panel",
         "After=qubesd.service qvm-remote-dom0.service",
-        "ProtectSystem=strict",
         "IPAddressDeny=any",
         "IPAddressAllow=localhost",
         "NoNewPrivileges=yes",
     ] {
         assert!(panel.iter().any(|l| l == want), "panel unit lacks {want}");
     }
-    // Neither may take away what qvm-run needs: /dev/xen (qrexec) and root's caps.
+    // Neither may take away what the tools it runs need: /dev/xen (qrexec, xl), root's
+    // capabilities, a writable system and setuid files (dnf), kernel modules (updates).
     for unit in [&daemon, &panel] {
         for never in [
             "PrivateDevices=yes",
             "CapabilityBoundingSet=",
             "User=",
             "DynamicUser=yes",
+            "ProtectSystem=",
+            "RestrictSUIDSGID=yes",
+            "ProtectKernelModules=yes",
         ] {
             assert!(!unit.iter().any(|l| l.starts_with(never)), "{never}");
         }
@@ -1486,14 +1565,14 @@ fn every_package_file_has_cargo_version_and_the_locked_libc() {
         "packaging/rpm/qvm-remote-dom0.spec",
     ] {
         let body = read(spec);
-        assert_eq!(field(&body, "Version:"), [v.clone()], "{spec}");
+        assert_eq!(field(&body, "Version:"), [v.as_str()], "{spec}");
         assert!(
             body.contains(&format!("> - {v}-1")),
             "{spec}: the %changelog's newest entry is not {v}"
         );
     }
     let pkgbuild = read("packaging/archlinux/PKGBUILD");
-    assert_eq!(field(&pkgbuild, "pkgver="), [v.clone()]);
+    assert_eq!(field(&pkgbuild, "pkgver="), [v.as_str()]);
     let changelog = read("packaging/debian/changelog");
     assert!(
         changelog.starts_with(&format!("qvm-remote ({v}-")),
@@ -1528,11 +1607,11 @@ fn every_package_file_has_cargo_version_and_the_locked_libc() {
     ] {
         assert_eq!(
             field(&read(spec), "Source1:"),
-            [crate_file.clone()],
+            [crate_file.as_str()],
             "{spec}"
         );
     }
-    assert_eq!(field(&pkgbuild, "_libc="), [libc.clone()]);
+    assert_eq!(field(&pkgbuild, "_libc="), [libc.as_str()]);
     assert!(pkgbuild.contains(&format!("'{sum}'")), "PKGBUILD libc hash");
     let qb = read(".qubesbuilder");
     assert!(qb.contains(&format!(

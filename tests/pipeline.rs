@@ -325,7 +325,8 @@ fn a_daemon_killed_mid_job_reports_interrupted_and_never_reruns() {
     assert_eq!(code(&out), 125, "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert!(
-        wait_for(Duration::from_secs(5), || processes_matching(&sleeper).is_empty()),
+        wait_for(Duration::from_secs(5), || processes_matching(&sleeper)
+            .is_empty()),
         "the crashed daemon's job is still running"
     );
     assert!(sim.log_text().contains(" KILLED "));

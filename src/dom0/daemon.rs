@@ -770,10 +770,13 @@ impl Session<'_> {
                 return SessionEnd::Normal;
             }
             if poll && self.idle {
-                let busy = !lock(&vm.jobs).is_empty();
-                // Poll mode: end once this VM's jobs are answered, or at the end of the
-                // poll interval so a long job does not hold back the next poll (its
-                // result goes out with a later session). --once waits for them all.
+                // Poll mode: end once this VM's jobs are answered and every result sent
+                // is ACKed (ending before the ACK would lose it, and the result would
+                // be sent again at every poll), or at the end of the poll interval so a
+                // long job does not hold back the next poll (its result goes out with
+                // a later session). --once waits for them all.
+                let busy = !lock(&vm.jobs).is_empty()
+                    || vm.store.held_ids().map_or(true, |ids| !ids.is_empty());
                 if !busy || (!shared.opts.once && Instant::now() >= deadline) {
                     return SessionEnd::Normal;
                 }

@@ -10,6 +10,7 @@
 //! - `openapi.rs` — `GET /api/openapi.json`, generated from the table;
 //! - `tasks.rs` — background tasks with progress, output, events and cancel;
 //! - `runner.rs` — how every dom0 program is run: an argv, never a shell;
+//! - `tar.rs` — the ustar reader and writer of config backups;
 //! - `assets.rs` — `web/` compiled in.
 //!
 //! This file holds the shared context and the router: the order of the checks every
@@ -28,6 +29,7 @@ pub mod openapi;
 pub mod routes;
 pub mod runner;
 pub mod server;
+pub mod tar;
 pub mod tasks;
 
 use std::fmt;

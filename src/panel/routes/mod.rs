@@ -2,12 +2,19 @@
 //! handlers. [`endpoints`] is the whole API: the router, the validator and
 //! `/api/openapi.json` read nothing else.
 
+pub mod backup;
 pub mod core;
 pub mod dashboard;
+pub mod device;
 pub mod exec;
+pub mod files;
 pub mod logs;
+pub mod openclaw;
+pub mod policy;
 pub mod prefs;
 pub mod qubes;
+pub mod remote;
+pub mod tools;
 pub mod vms;
 
 use super::api::Endpoint;
@@ -19,7 +26,14 @@ const TABLES: &[&[Endpoint]] = &[
     logs::ENDPOINTS,
     vms::ENDPOINTS,
     exec::ENDPOINTS,
+    files::ENDPOINTS,
+    openclaw::ENDPOINTS,
+    device::ENDPOINTS,
     prefs::ENDPOINTS,
+    tools::ENDPOINTS,
+    remote::ENDPOINTS,
+    backup::ENDPOINTS,
+    policy::ENDPOINTS,
 ];
 
 /// Every endpoint.
