@@ -262,10 +262,17 @@ fn bad_jobs_are_refused_with_a_reason_and_nothing_runs() {
         assert!(r.reason.contains(reason), "{}", r.reason);
     }
     assert!(!marker.exists());
-    // An oversized command is refused by the client itself: nothing is queued.
+    // A body one byte over the limit, written by hand, reaches dom0 and is refused.
+    let over = job(&"x".repeat(1024 * 1024 + 1), now).encode(&key);
+    let id = qvm_remote::proto::job::peek_id(&over).unwrap();
+    queue_raw(&sim, "work", &id, &over);
+    let r = wait_result(&sim, "work", &id);
+    assert_eq!(r.client_exit_code(), 126);
+    assert!(r.reason.contains("too large"), "{}", r.reason);
+    // The client refuses the same body itself, with the same code: nothing is queued.
     let big = "x".repeat(1024 * 1024 + 1);
     let out = sim.client_stdin("work", &[], big.as_bytes());
-    assert_ne!(code(&out), 0);
+    assert_eq!(code(&out), 126, "{}", stderr(&out));
     let pending = fs::read_dir(sim.vm_data("work").join("queue/pending"))
         .unwrap()
         .count();

@@ -394,7 +394,7 @@ fn oversized_input_is_refused_with_nothing_queued() {
     let at_limit_plus_one = vec![b'x'; PROTOCOL_MAX_COMMAND + 1];
     for args in [&[][..], &["-i", "cat"][..]] {
         let out = home.run_with_stdin(args, &at_limit_plus_one);
-        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert_eq!(out.status.code(), Some(126), "{args:?}");
         assert!(
             text(&out.stderr).contains("over the limit of 1048576 bytes"),
             "{args:?}"
@@ -412,12 +412,12 @@ fn oversized_input_is_refused_with_nothing_queued() {
         PROTOCOL_MAX_COMMAND + 1
     );
     let out = home.run(&words);
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(126));
     assert!(home.names("pending").is_empty());
     // Empty command text, and control bytes dom0 would refuse, are refused here.
     for input in [&b""[..], b"echo \x1b[2J"] {
         let out = home.run_with_stdin(&[], input);
-        assert_eq!(out.status.code(), Some(125), "{input:?}");
+        assert_eq!(out.status.code(), Some(126), "{input:?}");
         assert!(home.names("pending").is_empty());
     }
 }

@@ -13,6 +13,9 @@ use qvm_remote::vm::{self, cli, Command, Console};
 
 /// qvm-remote itself failed while standing in for a command (DESIGN §5).
 const EXIT_OWN_FAILURE: u8 = 125;
+/// Refused: the job broke a rule dom0 would refuse it for (DESIGN §5), so it was never
+/// queued; the same code dom0's refusal would have given.
+const EXIT_REFUSED: u8 = 126;
 /// Cancelled from the client (DESIGN §5).
 const EXIT_CANCELLED: u8 = 130;
 /// A subcommand failed.
@@ -77,6 +80,13 @@ fn main() -> ExitCode {
 fn exit_code(cmd: &Command, e: &vm::Error) -> u8 {
     if matches!(e, vm::Error::Cancelled { .. }) {
         EXIT_CANCELLED
+    } else if cmd.is_command_run()
+        && matches!(
+            e,
+            vm::Error::EmptyCommand | vm::Error::ControlBytes | vm::Error::TooLarge { .. }
+        )
+    {
+        EXIT_REFUSED
     } else if cmd.is_command_run() {
         EXIT_OWN_FAILURE
     } else {
