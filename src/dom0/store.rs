@@ -62,6 +62,10 @@ impl VmStore {
 
     /// Notes in `id`'s journal entry the pid and start time of its running process, so
     /// that after a crash the leftovers can be killed (`exec::kill_leftovers`).
+    ///
+    /// Not fsynced: the note matters only after a daemon crash, which leaves the page
+    /// cache intact; after an OS crash there is no process left to kill. The rename
+    /// still makes the update atomic, so a reader sees the old entry or the new one.
     pub fn journal_pid(&self, id: &CommandId, pid: u32, start_time: u64) -> io::Result<()> {
         let name = id.as_str();
         let tmp = self.journal.join(format!(".{name}.tmp"));
@@ -72,9 +76,7 @@ impl VmStore {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(format!("running pid={pid} start={start_time}\n").as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.journal.join(name))?;
-        sync_dir(&self.journal)
+        fs::rename(&tmp, self.journal.join(name))
     }
 
     /// The pid and start time journalled for `id`, if its process was started.
