@@ -68,6 +68,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Live output bytes that may wait for one VM's writer; past it, chunks are dropped
 /// from the live stream (the result still carries them).
 pub const MAX_LIVE_BYTES: usize = 1 << 20;
+/// Shortest gap between two status file writes when things change quickly.
+pub const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Status file refresh interval.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest command text written to the audit log.
@@ -131,6 +133,9 @@ struct Shared {
     /// Jobs waiting for approval. They hold no worker slot; the approval thread
     /// watches their decisions, deadlines and cancels.
     parked: Mutex<Vec<Parked>>,
+    /// Something `status` shows has changed: the main loop rewrites the status file
+    /// soon, instead of at its next periodic refresh.
+    status_dirty: AtomicBool,
 }
 
 /// A job waiting for `qvm-remote-dom0 approve|deny ID`.
@@ -268,6 +273,7 @@ impl Vm {
                 st.refused += 1;
             }
         }
+        shared.status_dirty.store(true, Ordering::SeqCst);
         self.send(Out::Held(id));
     }
 }
@@ -316,6 +322,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         stop,
         gate,
         parked: Mutex::new(Vec::new()),
+        status_dirty: AtomicBool::new(false),
     });
     let mode = match (shared.cfg.mode, shared.opts.once) {
         (_, true) => "once",
@@ -370,7 +377,10 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     let mut last_prune = Instant::now();
     let mut last_status = Instant::now() - STATUS_INTERVAL;
     while !stop.load(Ordering::SeqCst) && !threads.iter().all(|t| t.is_finished()) {
-        if last_status.elapsed() >= STATUS_INTERVAL {
+        let dirty = shared.status_dirty.load(Ordering::SeqCst)
+            && last_status.elapsed() >= STATUS_MIN_INTERVAL;
+        if dirty || last_status.elapsed() >= STATUS_INTERVAL {
+            shared.status_dirty.store(false, Ordering::SeqCst);
             write_status(&shared, &vms);
             last_status = Instant::now();
         }
@@ -661,6 +671,7 @@ fn session(shared: &Arc<Shared>, vm: &Arc<Vm>) -> SessionEnd {
     }
     drop(out_tx);
     lock(&vm.stats).connected = false;
+    shared.status_dirty.store(true, Ordering::SeqCst);
     s.flush_refusals();
     // Give the agent a moment to exit on its own, then make sure it is gone: a hostile
     // agent must not keep a session (or a writer blocked on its pipe) alive.
@@ -749,6 +760,7 @@ impl Session<'_> {
         {
             let mut st = lock(&vm.stats);
             st.connected = true;
+            shared.status_dirty.store(true, Ordering::SeqCst);
             st.last_session_ms = time::unix_now_ms();
             st.sessions += 1;
         }

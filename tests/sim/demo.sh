@@ -80,6 +80,7 @@ EOF
         set -e
     }
     run echo hello from dom0
+    # shellcheck disable=SC2016 # expanded by bash in dom0, not here
     run 'id -u; pwd; echo "I am $QVM_REMOTE_ID for $QVM_REMOTE_VM"'
     run 'echo to stderr >&2; exit 3'
     run nonexistent-command
@@ -92,6 +93,7 @@ EOF
     "$demo/vm" dev qvm-remote --json printf ok
     echo
     echo
+    sleep 0.5 # the daemon refreshes its status file within a few tenths of a second
     "${dom0cmd[@]}" status || true
     cat <<EOF
 
