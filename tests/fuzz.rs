@@ -1,6 +1,6 @@
-//! Deterministic randomised tests of every parser that reads bytes from a VM, a file or
-//! the environment: the frame decoder, the job and result parsers and the config
-//! parser. Each runs a few seconds inside `cargo test` from a fixed seed; `make fuzz`
+//! Deterministic randomised tests of every parser that reads bytes from a VM, a file, the
+//! environment or the panel's clients: the frame decoder, the job and result parsers, the
+//! config parser, the policy parser and the panel's HTTP head parser. Each runs a few seconds inside `cargo test` from a fixed seed; `make fuzz`
 //! runs them far longer (`QVM_FUZZ_ITERS`) and with a seed from the clock
 //! (`QVM_FUZZ_SEED`, printed so a failure can be replayed).
 //!
@@ -303,4 +303,70 @@ fn config_parser_never_panics_and_names_lines() {
             }
         }
     }
+}
+
+#[test]
+fn policy_parser_never_panics_and_decides_within_its_rules() {
+    use qvm_remote::policy::{Command as PolicyCommand, Policy};
+    let mut r = rng(5);
+    let base = "# vm action pattern\nwork allow qvm-ls *\nwork ask qvm-shutdown *\n\
+                @anyvm deny qvm-remove *\ndev allow @script\n@tag:ops level monitor\n\
+                other level manage\n";
+    let path = Path::new("/etc/qubes/remote-policy");
+    let commands = [
+        PolicyCommand::Simple(vec!["qvm-ls".into(), "--raw-list".into()]),
+        PolicyCommand::Simple(vec!["qvm-remove".into(), "work".into()]),
+        PolicyCommand::Script,
+    ];
+    for _ in 0..iterations(3000) {
+        let m = mutate(&mut r, base.as_bytes());
+        let text = String::from_utf8_lossy(&m);
+        let parsed = Policy::parse(path, &text);
+        let (all, errors) = Policy::parse_all(path, &text);
+        // The two entry points agree on whether the text is valid.
+        assert_eq!(parsed.is_ok(), errors.is_empty());
+        for cmd in &commands {
+            let _ = all.decide("work", cmd, &mut || Ok(vec!["ops".to_string()]));
+            let _ = all.decide("x", cmd, &mut || Err("no tags".to_string()));
+        }
+        let _ = all.shadowed();
+    }
+}
+
+#[test]
+fn http_head_parser_holds_its_limits_under_mutation() {
+    use qvm_remote::panel::http::{self, HeadScanner, Scan};
+    let mut r = rng(6);
+    let base = b"POST /api/exec?vm=work&x=%41 HTTP/1.1\r\nHost: 127.0.0.1:9876\r\n\
+                 Content-Type: application/json\r\nContent-Length: 12\r\nCookie: s=abc\r\n\r\n";
+    for _ in 0..iterations(3000) {
+        let m = mutate(&mut r, base);
+        if let Ok(head) = http::parse_head(&m) {
+            assert!(head.headers.len() <= http::MAX_HEADERS);
+            assert!(head.content_length <= http::MAX_BODY);
+            assert!(head.path.starts_with('/'));
+            if let Ok(params) = http::parse_query(&head.query) {
+                assert!(params.len() <= http::MAX_QUERY_PARAMS);
+            }
+        }
+        // Fed in random slices, the scanner finds the same end as one call does.
+        let mut whole = HeadScanner::new();
+        let once = whole.scan(&m);
+        let mut parts = HeadScanner::new();
+        let mut cut = 0;
+        let mut got = Scan::Incomplete;
+        while cut < m.len() {
+            cut = (cut + 1 + r.below(16)).min(m.len());
+            got = parts.scan(&m[..cut]);
+            if got != Scan::Incomplete {
+                break;
+            }
+        }
+        assert_eq!(once, got);
+        let _ = http::percent_decode(&String::from_utf8_lossy(&m));
+    }
+    // A head that never ends is refused once it passes the limit, not buffered.
+    let mut s = HeadScanner::new();
+    let endless = vec![b'a'; http::MAX_HEAD + http::MAX_LINE + 10];
+    assert!(matches!(s.scan(&endless), Scan::Refused(_)));
 }
