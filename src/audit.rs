@@ -170,6 +170,13 @@ impl AuditLog {
             Err(p) => p.into_inner(),
         };
         inner.follow_rotation();
+        // Another process (the panel, or a second daemon tool) may append to the same
+        // file: hold the file lock from reading its end to writing ours.
+        let file = inner.file.as_ref().and_then(|f| f.try_clone().ok());
+        let _lock = file
+            .as_ref()
+            .and_then(|f| crate::sys::lock_exclusive(f).ok());
+        inner.catch_up();
         let mut lines = String::new();
         if inner.rotate_next {
             let rot = format!(
@@ -236,6 +243,23 @@ impl Inner {
         if len.is_some_and(|l| l < self.expected_len) {
             self.expected_len = len.unwrap_or(0);
             self.rotate_next = true;
+        }
+    }
+
+    /// If the file grew by lines another writer appended, continues the chain from the
+    /// file's last line instead of from our own last value.
+    fn catch_up(&mut self) {
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        let Ok(len) = f.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if len > self.expected_len {
+            if let Ok(tail) = read_tail(f, len) {
+                self.last = last_chain_of(&tail, len);
+            }
+            self.expected_len = len;
         }
     }
 
@@ -621,6 +645,25 @@ mod tests {
         assert_eq!(quote(b""), "\"\"");
         assert_eq!(quote(b"a\"b"), "\"a\\x22b\"");
         assert_eq!(quote(b"\x1b[31m"), "\\x1b[31m");
+    }
+
+    #[test]
+    fn two_writers_of_one_file_keep_one_chain() {
+        // The daemon and the panel each hold the log open and append in turns.
+        let dir = std::env::temp_dir().join(format!("qvm-audit2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let daemon = AuditLog::open(&path, Echo::Quiet).unwrap();
+        let panel = AuditLog::open(&path, Echo::Quiet).unwrap();
+        for i in 0..5 {
+            daemon.event("EXEC", &[("n", &i.to_string())]);
+            panel.event("PANEL", &[("n", &i.to_string())]);
+            panel.event("PANEL", &[("n", "again")]);
+        }
+        let (n, _) = verify(&path, GENESIS).unwrap();
+        assert_eq!(n, 15);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -529,6 +529,37 @@ pub fn poll_readable(
     Ok(found)
 }
 
+/// An exclusive advisory lock on an open file (`flock(LOCK_EX)`), released when the
+/// guard is dropped. Several writers of one file — the daemon and the panel both append
+/// to the audit log — take it around each append, so lines never interleave and each
+/// writer can see what the others wrote before it chains its own line.
+pub struct FileLock<'a> {
+    fd: BorrowedFd<'a>,
+}
+
+/// Blocks until the exclusive lock on `file` is ours.
+pub fn lock_exclusive<F: AsFd>(file: &F) -> io::Result<FileLock<'_>> {
+    let fd = file.as_fd();
+    loop {
+        // SAFETY: flock takes a descriptor and an operation word; the borrowed
+        // descriptor stays open for the call and the guard's lifetime.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(FileLock { fd });
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking a lock we hold cannot fail in a way we could act on.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

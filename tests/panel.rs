@@ -1426,6 +1426,12 @@ fn approvals_policy_check_save_and_dev_mode() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(std::fs::read_to_string(&policy).unwrap(), good);
+    let log = p.sim.log_text();
+    assert!(
+        log.contains("action=/api/policy/save status=200 text=\"sha256:"),
+        "{log}"
+    );
+    assert!(!log.contains("uname"), "the policy text itself was logged");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&policy).unwrap().permissions().mode() & 0o777,
@@ -1612,7 +1618,18 @@ fn audit_log_records_every_action_with_key_fingerprints_only() {
         log.contains("PANEL action=/api/vms/revoke status=400"),
         "{log}"
     );
-    // The chain still verifies with the panel writing to it.
+    // Many actions at once from several connections: the chain still verifies.
+    std::thread::scope(|scope| {
+        for i in 0..8 {
+            let c = &c;
+            scope.spawn(move || {
+                for j in 0..5 {
+                    let body = format!(r#"{{"vm": "work", "action": "add", "tag": "t{i}-{j}"}}"#);
+                    assert_eq!(c.post("/api/tools/tags", &body).status, 200);
+                }
+            });
+        }
+    });
     let dash = c.get("/api/dashboard").json();
     assert_eq!(
         dash.get("audit")

@@ -159,12 +159,20 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // The guard exists from here on: whatever fails below, Drop ends chromedriver
+        // and every Chromium process of this profile.
+        let user_data = root.join("chromium-profile");
+        let mut driver = Driver {
+            port,
+            child,
+            session: String::new(),
+            user_data: user_data.clone(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let user_data = root.join("chromium-profile");
         fs::create_dir_all(&user_data).unwrap();
         let args: Vec<Value> = [
             "--headless",
@@ -202,18 +210,13 @@ impl Driver {
         )]);
         let (status, v) = http(port, "POST", "/session", Some(&caps.to_json()));
         assert_eq!(status, 200, "new session: {}", v.to_json());
-        let session = v
+        driver.session = v
             .get("value")
             .and_then(|x| x.get("sessionId"))
             .and_then(Value::as_str)
             .unwrap()
             .to_string();
-        Driver {
-            port,
-            child,
-            session,
-            user_data,
-        }
+        driver
     }
 
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -342,14 +345,21 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = http(
-            self.port,
-            "DELETE",
-            &format!("/session/{}", self.session),
-            None,
-        );
+        if !self.session.is_empty() && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // Closes the browser cleanly while chromedriver still answers; `http` panics
+            // on a dead driver, which must not abort a drop during unwinding.
+            let path = format!("/session/{}", self.session);
+            let port = self.port;
+            let _ = std::panic::catch_unwind(move || http(port, "DELETE", &path, None));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Chromium outlives a killed chromedriver: end the processes of our own
+        // profile (its path is unique to this test run), by pid.
+        let profile = format!("--user-data-dir={}", self.user_data.display());
+        for pid in common::processes_matching(&profile) {
+            common::signal(pid, "KILL");
+        }
         let _ = fs::remove_dir_all(&self.user_data);
     }
 }

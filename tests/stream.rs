@@ -177,7 +177,7 @@ fn one_mib_of_stdin_round_trips_byte_exact() {
     let mut over = data.clone();
     over.push(0);
     let out = sim.client_stdin("work", &["-i", "cat"], &over);
-    assert_eq!(code(&out), 125);
+    assert_eq!(code(&out), 126);
     assert!(stderr(&out).contains("over the limit"), "{}", stderr(&out));
 }
 

@@ -476,7 +476,11 @@
     const up = path ? path.split('/').slice(0, -1).join('/') : null;
     const fileSel = select(r.entries.filter((e) => e.type === 'file').map((e) => [(path ? path + '/' : '') + e.name, e.name + ' (' + fmtBytes(e.size) + ')']));
     const pvm = select(names, names[0]);
-    const dest = h('input', { type: 'text', size: 30, value: '/home/user/QubesIncoming/', placeholder: '/home/user/file' });
+    const baseName = (rel) => (rel || '').split('/').pop();
+    const dest = h('input', { type: 'text', size: 30, value: fileSel.value ? '/home/user/' + baseName(fileSel.value) : '', placeholder: '/home/user/file' });
+    let destEdited = false;
+    dest.addEventListener('input', () => { destEdited = true; });
+    fileSel.addEventListener('change', () => { if (!destEdited) dest.value = '/home/user/' + baseName(fileSel.value); });
     const pbtn = h('button', { type: 'submit', class: 'primary', text: 'Push to VM' });
     const push = h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); act(pbtn, () => post('/api/files/push', { file: fileSel.value, vm: pvm.value, dest: dest.value }, 'overwrite'), (x) => 'pushed ' + fmtBytes(x.bytes) + ' to ' + x.vm + ':' + x.dest); } },
       [field('dom0 file', fileSel), field('VM', pvm), field('destination path in the VM', dest), pbtn]);

@@ -36,6 +36,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -208,7 +209,16 @@ impl Ctx {
     }
 }
 
+/// Serialises the panel's own audit writes: each opens the log, reads the last chain
+/// value and appends, and two workers doing that at once would both chain from the
+/// same line.
+static AUDIT_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn audit_to(log: &Path, category: &str, fields: &[(&str, &str)]) {
+    let _guard = match AUDIT_WRITE.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
     match AuditLog::open(log, Echo::Quiet) {
         Ok(l) => l.event(category, fields),
         Err(e) => eprintln!("qvm-remote-dom0 panel: audit log {}: {e}", log.display()),
@@ -223,6 +233,18 @@ pub fn serve(cfg: Config, config_path: PathBuf, opts: Options) -> Result<(), Pan
     }
     auth::ensure_run_dir(&cfg.run_dir)
         .map_err(|e| PanelError::Io(cfg.run_dir.display().to_string(), e))?;
+    // The Files tab's directory: created private if missing, so a pull has somewhere
+    // to land; a failure only disables that tab's writes, so it is reported, not fatal.
+    if let Err(e) = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.files_dir)
+    {
+        eprintln!(
+            "qvm-remote-dom0 panel: files directory {}: {e}",
+            opts.files_dir.display()
+        );
+    }
     let stop = crate::sys::install_termination_flag()
         .map_err(|e| PanelError::Io("signal handlers".into(), e))?;
     let _ = crate::sys::ignore_sigpipe();
@@ -581,6 +603,12 @@ fn log_action(
                     format!("fingerprint:{}", k.fingerprint())
                 }),
             (Some(k), _) if !k.loggable() => "(not logged)".to_string(),
+            // A whole file (a policy) would flood the log: its digest identifies it.
+            (Some(api::Kind::Text(_)), api::Param::Str(t)) => format!(
+                "sha256:{} ({} bytes)",
+                qvm_remote_hmac::hex::encode(&qvm_remote_hmac::sha256(t.as_bytes())),
+                t.len()
+            ),
             (_, api::Param::Str(s)) => s.clone(),
             (_, api::Param::Uint(n)) => n.to_string(),
             (_, api::Param::Bool(b)) => b.to_string(),

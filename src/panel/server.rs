@@ -43,6 +43,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const READ_CHUNK: usize = 16 * 1024;
 /// How long a connection being closed is drained before it is dropped.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Pause after `accept` fails for a reason other than "no connection waiting".
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long, after a stop was asked for, the server waits for busy workers.
 pub const STOP_GRACE: Duration = Duration::from_millis(1200);
 
@@ -336,7 +338,13 @@ fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>, now: Instant) {
                 conns.push(Conn::new(stream, Vec::new(), now));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                // Out of descriptors or memory: the listener stays readable, so pause
+                // rather than spin until connections close.
+                thread::sleep(ACCEPT_BACKOFF);
+                return;
+            }
         }
     }
 }

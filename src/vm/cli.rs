@@ -31,6 +31,7 @@ usage: qvm-remote [-t SEC] [-v] [-q] [--json] [-i] [--] COMMAND [ARGS...]
        qvm-remote ping | status | queue [status|clean|debug]
        qvm-remote log [N] | history [N] | result ID
        qvm-remote agent [--once]
+       qvm-remote mcp [--read-only]
        qvm-remote -h | --help | --version
 
 Runs COMMAND in dom0 through the qvm-remote daemon and prints its stdout and
@@ -67,6 +68,10 @@ subcommands:
   result ID         print (and archive) a result that arrived after its
                     client gave up waiting
   agent [--once]    the VM end of dom0's channel; dom0 starts it, not you
+  mcp [--read-only] a Model Context Protocol server on stdin/stdout for AI
+                    agents: tools dom0_run, dom0_ping, dom0_history and
+                    dom0_result (--read-only: all but dom0_run); dom0's
+                    policy and approval apply to every job as to any other
 
 exit status of a command run (and of `result`):
   0-123  the command's own exit status
@@ -172,6 +177,11 @@ pub enum Command {
         /// Poll mode: one batch per session.
         once: bool,
     },
+    /// `mcp [--read-only]`.
+    Mcp {
+        /// Serve only the tools that change nothing in dom0.
+        read_only: bool,
+    },
     /// `-h`, `--help`.
     Help,
     /// `--version`.
@@ -218,7 +228,7 @@ impl std::error::Error for UsageError {}
 
 /// The subcommand names; a first word equal to one of them is that subcommand.
 pub const SUBCOMMANDS: &[&str] = &[
-    "agent", "history", "key", "log", "ping", "queue", "result", "status",
+    "agent", "history", "key", "log", "mcp", "ping", "queue", "result", "status",
 ];
 
 /// The leading options, as given (so subcommands can refuse the ones they do not use).
@@ -386,6 +396,11 @@ fn subcommand(name: &'static str, lead: &Leading, a: &mut Args) -> Result<Comman
             only(lead, name, &[])?;
             Command::Key(key_action(a)?)
         }
+        "mcp" => {
+            only(lead, name, &[])?;
+            let read_only = a.eat(&["--read-only"]).is_some();
+            Command::Mcp { read_only }
+        }
         _ => {
             only(lead, name, &[])?;
             let once = a.eat(&["--once"]).is_some();
@@ -483,6 +498,8 @@ mod tests {
             ),
             (vec!["agent"], Command::Agent { once: false }),
             (vec!["agent", "--once"], Command::Agent { once: true }),
+            (vec!["mcp"], Command::Mcp { read_only: false }),
+            (vec!["mcp", "--read-only"], Command::Mcp { read_only: true }),
             (
                 vec!["--json", "result", id],
                 Command::Result {
@@ -526,6 +543,8 @@ mod tests {
             (&["result", "../x"], Some("result")),
             (&["ping", "now"], Some("ping")),
             (&["agent", "--twice"], Some("agent")),
+            (&["mcp", "--write"], Some("mcp")),
+            (&["-v", "mcp"], Some("mcp")),
             (&["-t", "5", "status"], Some("status")),
             (&["-i", "ping"], Some("ping")),
             (&["--json", "ping"], Some("ping")),

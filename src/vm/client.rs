@@ -26,6 +26,12 @@
 //! `cancelled` result. Either way the client exits 130; a second Ctrl-C exits at once.
 //! A client killed outright leaves its job to run on: the agent stores the result
 //! whether or not anyone watches, for `qvm-remote result ID`.
+//!
+//! The submit-and-wait core prints nothing: [`start`] queues a job and
+//! [`Running::wait`] hands live chunks and waiting ticks to a [`Live`] sink and
+//! returns the verified result, with cancel driven by an `AtomicBool`. The terminal is
+//! one sink (here); the MCP server's progress notifications are another
+//! (`super::mcp`), so both share one wait loop, one cancel path and one prefix check.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -93,14 +99,10 @@ pub fn run_command(
     let (body, stdin) = read_inputs(opts, console)?;
     let flag = crate::sys::install_termination_flag().map_err(Error::Signals)?;
     let job = new_job(opts.timeout, body, stdin)?;
-    let link = Link::watch(dd, &job.id);
-    submit(dd, &key, &job)?;
-    let started = Instant::now();
-    if let Some(link) = &link {
-        link.wake();
-    }
+    let running = start(dd, &key, &job)?;
+    let started = running.started();
     if opts.verbose {
-        let how = if link.is_some() {
+        let how = if running.is_live() {
             "live through agent.sock"
         } else {
             "no agent socket: polling for the result"
@@ -110,17 +112,9 @@ pub fn run_command(
             &format!("job {} queued (timeout {}s, {how})", job.id, job.timeout),
         );
     }
-    let limit = Duration::from_secs(job.timeout).saturating_add(WAIT_MARGIN);
-    let mut streamed = Streamed::new(!opts.json);
-    let waiting = Waiting {
-        dd,
-        key: &key,
-        id: &job.id,
-        limit,
-        quiet: opts.quiet,
-        flag,
-    };
-    let arrival = waiting.wait(link, &mut streamed, console)?;
+    let limit = wait_limit(job.timeout);
+    let mut terminal = Terminal::new(console, !opts.json, opts.quiet);
+    let (arrival, streamed) = running.wait(limit, flag, &mut terminal)?;
     let show = ShowOptions {
         verbose: opts.verbose,
         quiet: opts.quiet,
@@ -136,15 +130,7 @@ pub fn run_command(
             Ok(code)
         }
         Arrival::NoAnswer => {
-            let line = history::audit_line(
-                time::unix_now(),
-                &job.id,
-                "no-answer",
-                125,
-                elapsed_ms(started),
-                &job.body,
-            );
-            warn_on_err(console, history::append_audit(dd, &line));
+            log_unanswered(dd, &job, "no-answer", 125, started, console);
             Err(Error::NoAnswer {
                 id: job.id.clone(),
                 secs: limit.as_secs(),
@@ -159,21 +145,40 @@ pub fn run_command(
             })
         }
         Arrival::Cancelled(None) => {
-            let line = history::audit_line(
-                time::unix_now(),
-                &job.id,
-                "cancelled",
-                EXIT_CANCELLED,
-                elapsed_ms(started),
-                &job.body,
-            );
-            warn_on_err(console, history::append_audit(dd, &line));
+            log_unanswered(dd, &job, "cancelled", EXIT_CANCELLED, started, console);
             Err(Error::Cancelled {
                 id: job.id.clone(),
                 result_shown: false,
             })
         }
     }
+}
+
+/// How long a client waits for a job with this timeout: dom0 needs time to kill the
+/// job, and the agent to bring the result.
+pub fn wait_limit(timeout: u64) -> Duration {
+    Duration::from_secs(timeout).saturating_add(WAIT_MARGIN)
+}
+
+/// Writes the `audit.log` line of a run that ended without a result to show
+/// (`no-answer`, `cancelled`).
+pub fn log_unanswered(
+    dd: &DataDir,
+    job: &Job,
+    what: &str,
+    code: u8,
+    started: Instant,
+    console: &mut Console<'_>,
+) {
+    let line = history::audit_line(
+        time::unix_now(),
+        &job.id,
+        what,
+        code,
+        elapsed_ms(started),
+        &job.body,
+    );
+    warn_on_err(console, history::append_audit(dd, &line));
 }
 
 /// Shows what the live stream has not shown yet, archives the run and cleans the
@@ -193,12 +198,7 @@ fn show_rest(
         finish(dd, res, &job.body, Some(job.created), code, console);
         return Err(Error::StreamMismatch { id: res.id.clone() });
     }
-    present(
-        &View::from_result(res),
-        show,
-        (streamed.out.len(), streamed.err.len()),
-        console,
-    )?;
+    present(&View::from_result(res), show, streamed.shown(), console)?;
     finish(dd, res, &job.body, Some(job.created), code, console);
     Ok(())
 }
@@ -207,65 +207,100 @@ fn show_rest(
 pub fn ping(dd: &DataDir, show: &ShowOptions, console: &mut Console<'_>) -> Result<u8, Error> {
     let key = load_key(dd)?;
     let flag = crate::sys::install_termination_flag().map_err(Error::Signals)?;
-    let job = new_job(PING_TIMEOUT, PING_BODY.to_vec(), Vec::new())?;
-    let link = Link::watch(dd, &job.id);
-    submit(dd, &key, &job)?;
-    let started = Instant::now();
-    if let Some(link) = &link {
-        link.wake();
-    }
+    let job = ping_job()?;
+    let running = start(dd, &key, &job)?;
+    let started = running.started();
     if show.verbose {
         note(console, &format!("job {} queued", job.id));
     }
-    let waiting = Waiting {
-        dd,
-        key: &key,
-        id: &job.id,
-        limit: PING_WAIT,
-        quiet: show.quiet,
-        flag,
-    };
-    match waiting.wait(link, &mut Streamed::new(false), console)? {
-        Arrival::Answered(res) => {
-            let ms = elapsed_ms(started);
-            // A ping is not a command the user ran: it leaves no history, only a log line.
-            clean_queue(dd, &job.id, console);
-            let line = history::audit_line(
-                time::unix_now(),
-                &job.id,
-                res.status.as_str(),
-                res.client_exit_code(),
-                ms,
-                &job.body,
-            );
-            warn_on_err(console, history::append_audit(dd, &line));
+    let mut terminal = Terminal::new(console, false, show.quiet);
+    let (arrival, _) = running.wait(PING_WAIT, flag, &mut terminal)?;
+    match settle_ping(dd, &job, arrival, started, console) {
+        Pong::Answered { ms, result } => {
             let mut text = format!("pong from dom0 in {ms} ms");
-            if res.status != Status::Done {
-                text.push_str(&format!(" (status {}: {})", res.status, res.reason));
+            if result.status != Status::Done {
+                text.push_str(&format!(" (status {}: {})", result.status, result.reason));
             }
             writeln!(console.out, "{text}").map_err(Error::Output)?;
             Ok(0)
         }
-        Arrival::NoAnswer => {
-            // Nothing should run `true` in dom0 long after the ping gave up.
-            let withdrawn =
-                files::remove_if_present(&dd.job_path(QueueDir::Pending, &job.id)).unwrap_or(false);
-            Err(Error::NoAnswer {
-                id: job.id.clone(),
-                secs: PING_WAIT.as_secs(),
-                left_queued: !withdrawn,
-            })
+        Pong::NoAnswer { left_queued } => Err(Error::NoAnswer {
+            id: job.id.clone(),
+            secs: PING_WAIT.as_secs(),
+            left_queued,
+        }),
+        Pong::Cancelled => Err(Error::Cancelled {
+            id: job.id.clone(),
+            result_shown: false,
+        }),
+    }
+}
+
+/// A `ping` job: `true`, with [`PING_TIMEOUT`].
+pub fn ping_job() -> Result<Job, Error> {
+    new_job(PING_TIMEOUT, PING_BODY.to_vec(), Vec::new())
+}
+
+/// How a ping ended, once the queue is tidied.
+#[derive(Debug)]
+pub enum Pong {
+    /// dom0 answered (any verified result proves that) after `ms` milliseconds.
+    Answered {
+        /// Milliseconds from queueing to the verified result.
+        ms: u64,
+        /// The result (its status need not be `done`: a policy may deny `true`).
+        result: JobResult,
+    },
+    /// No answer within [`PING_WAIT`].
+    NoAnswer {
+        /// The job could not be withdrawn: the agent has sent it.
+        left_queued: bool,
+    },
+    /// Cancelled while waiting.
+    Cancelled,
+}
+
+/// Tidies up after a ping: a ping is not a command the user ran, so it leaves no
+/// history, only a log line; one that got no answer is withdrawn, since nothing should
+/// run `true` in dom0 long after the ping gave up.
+pub fn settle_ping(
+    dd: &DataDir,
+    job: &Job,
+    arrival: Arrival,
+    started: Instant,
+    console: &mut Console<'_>,
+) -> Pong {
+    match arrival {
+        Arrival::Answered(result) => {
+            let ms = elapsed_ms(started);
+            clean_queue(dd, &job.id, console);
+            let line = history::audit_line(
+                time::unix_now(),
+                &job.id,
+                result.status.as_str(),
+                result.client_exit_code(),
+                ms,
+                &job.body,
+            );
+            warn_on_err(console, history::append_audit(dd, &line));
+            Pong::Answered { ms, result }
         }
+        Arrival::NoAnswer => Pong::NoAnswer {
+            left_queued: !withdraw(dd, &job.id),
+        },
         Arrival::Cancelled(res) => {
             if res.is_some() {
                 clean_queue(dd, &job.id, console);
             }
-            Err(Error::Cancelled {
-                id: job.id.clone(),
-                result_shown: false,
-            })
+            Pong::Cancelled
         }
     }
+}
+
+/// Withdraws a job still in `pending/`: it has not reached dom0, so removing it is the
+/// surest cancel. The agent claims by rename, so exactly one of the two wins.
+pub fn withdraw(dd: &DataDir, id: &CommandId) -> bool {
+    files::remove_if_present(&dd.job_path(QueueDir::Pending, id)).unwrap_or(false)
 }
 
 /// `qvm-remote result ID`: shows a result that arrived after its client stopped
@@ -292,6 +327,17 @@ pub fn fetch_result(
         }
         None => Err(Error::NoResult { id: id.clone() }),
     }
+}
+
+/// A result as it can be shown without changing any file: the verified result file
+/// if it is still in the queue, else the archive; `None` when neither exists.
+/// (`qvm-remote result ID` also archives a result it finds in the queue.)
+pub fn lookup_result(dd: &DataDir, id: &CommandId) -> Result<Option<View>, Error> {
+    if let Some(bytes) = read_result(dd, id)? {
+        let key = load_key(dd)?;
+        return Ok(Some(View::from_result(&verify(&bytes, &key, id)?)));
+    }
+    Ok(history::load(dd, id)?.map(|a| View::from_archive(id, &a)))
 }
 
 /// Loads `auth.key`, telling a missing key apart from a refused one.
@@ -369,7 +415,8 @@ fn read_bounded(input: &mut dyn Read, what: &'static str) -> Result<Vec<u8>, Err
     Ok(buf)
 }
 
-fn new_job(timeout: u64, body: Vec<u8>, stdin: Vec<u8>) -> Result<Job, Error> {
+/// A new job with a fresh id, created now.
+pub fn new_job(timeout: u64, body: Vec<u8>, stdin: Vec<u8>) -> Result<Job, Error> {
     Ok(Job {
         id: CommandId::generate(crate::sys::getpid()).map_err(Error::Id)?,
         created: time::unix_now(),
@@ -397,7 +444,8 @@ pub fn submit(dd: &DataDir, key: &Key, job: &Job) -> Result<(), Error> {
 }
 
 /// How a wait ended.
-enum Arrival {
+#[derive(Debug)]
+pub enum Arrival {
     /// A verified result.
     Answered(JobResult),
     /// Nothing within the limit.
@@ -406,87 +454,135 @@ enum Arrival {
     Cancelled(Option<JobResult>),
 }
 
-/// What a client waits for, and how.
-struct Waiting<'a> {
-    dd: &'a DataDir,
-    key: &'a Key,
-    id: &'a CommandId,
-    /// Give up after this long.
-    limit: Duration,
-    /// No progress notes.
-    quiet: bool,
-    /// Set by SIGINT/SIGTERM.
-    flag: &'a AtomicBool,
+/// Which of a job's output streams a live chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The command's stdout.
+    Stdout,
+    /// The command's stderr.
+    Stderr,
 }
 
-impl Waiting<'_> {
-    /// Waits for the result, showing live output from `link` as it comes. Without a
-    /// link (or once it closes) the result file is polled: every [`FAST_POLL`] for the
-    /// first [`FAST_POLL_FOR`], then every [`SLOW_POLL`]; with one, `DONE` says when to
-    /// read it, and the file is still looked at every [`SLOW_POLL`] in case the agent
-    /// dropped this watcher.
-    fn wait(
-        &self,
-        mut link: Option<Link>,
-        streamed: &mut Streamed,
-        console: &mut Console<'_>,
-    ) -> Result<Arrival, Error> {
-        let start = Instant::now();
-        let mut next_progress = PROGRESS_EVERY;
+/// Where a waiting client's live events go: the terminal for `qvm-remote CMD` and
+/// `ping`, progress notifications for `qvm-remote mcp`. The wait itself shows nothing,
+/// so every front end shares one wait loop, one cancel path and one prefix check.
+pub trait Live {
+    /// A chunk of the job's live output, in order. What arrives is a prefix of each
+    /// stream; the signed result, checked afterwards, is the authority.
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), Error>;
+    /// Called at least every [`SLOW_POLL`] while waiting, with the time since the job
+    /// was queued, so the sink can say that it still waits.
+    fn tick(&mut self, elapsed: Duration);
+}
+
+/// Queues `job` and wakes the agent. If a stream-mode agent listens on `agent.sock`,
+/// the job is watched there first, so its live output is relayed from the first byte.
+pub fn start<'a>(dd: &'a DataDir, key: &'a Key, job: &Job) -> Result<Running<'a>, Error> {
+    let link = Link::watch(dd, &job.id);
+    submit(dd, key, job)?;
+    let started = Instant::now();
+    if let Some(link) = &link {
+        link.wake();
+    }
+    Ok(Running {
+        dd,
+        key,
+        id: job.id.clone(),
+        link,
+        started,
+    })
+}
+
+/// A job [`start`] queued, to be waited for.
+pub struct Running<'a> {
+    dd: &'a DataDir,
+    key: &'a Key,
+    id: CommandId,
+    /// The agent's connection watching the job, if an agent listens.
+    link: Option<Link>,
+    started: Instant,
+}
+
+impl Running<'_> {
+    /// Whether live output can come (an agent watches the job on `agent.sock`).
+    pub fn is_live(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// When the job was queued.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for the verified result, handing live output to `live` as it comes, for
+    /// at most `limit`. Setting `cancel` cancels the job: one still in `pending/` is
+    /// withdrawn; otherwise the signed `<id>.cancel` is written and the agent woken,
+    /// and the wait goes on up to [`CANCEL_GRACE`] for dom0's `cancelled` result.
+    /// Setting it again while that grace runs stops waiting at once.
+    ///
+    /// Without a link (or once it closes) the result file is polled: every
+    /// [`FAST_POLL`] for the first [`FAST_POLL_FOR`], then every [`SLOW_POLL`]; with
+    /// one, `DONE` says when to read it, and the file is still looked at every
+    /// [`SLOW_POLL`] in case the agent dropped this watcher.
+    pub fn wait(
+        self,
+        limit: Duration,
+        cancel: &AtomicBool,
+        live: &mut dyn Live,
+    ) -> Result<(Arrival, Streamed), Error> {
+        let mut streamed = Streamed::default();
+        let mut link = self.link;
+        let start = self.started;
         let mut cancel_by: Option<Instant> = None;
         let mut last_look: Option<Instant> = None;
         loop {
             let look = link.is_none() || last_look.is_none_or(|t| t.elapsed() >= SLOW_POLL);
             if look {
                 last_look = Some(Instant::now());
-                if let Some(bytes) = read_result(self.dd, self.id)? {
-                    let res = verify(&bytes, self.key, self.id)?;
+                if let Some(bytes) = read_result(self.dd, &self.id)? {
+                    let res = verify(&bytes, self.key, &self.id)?;
                     // Every chunk the agent relayed precedes its DONE: take them all,
                     // so what is shown and checked is the whole stream.
                     if let Some(link) = link.take() {
-                        link.drain(streamed, console)?;
+                        link.drain(&mut streamed, live)?;
                     }
-                    return Ok(match cancel_by {
+                    let arrival = match cancel_by {
                         Some(_) => Arrival::Cancelled(Some(res)),
                         None => Arrival::Answered(res),
-                    });
+                    };
+                    return Ok((arrival, streamed));
                 }
             }
-            if self.flag.swap(false, Ordering::SeqCst) {
-                // A second Ctrl-C does not wait for dom0's answer.
-                if cancel_by.is_some() || self.withdraw() {
-                    return Ok(Arrival::Cancelled(None));
+            if cancel.swap(false, Ordering::SeqCst) {
+                // A second cancel does not wait for dom0's answer.
+                if cancel_by.is_some() || withdraw(self.dd, &self.id) {
+                    return Ok((Arrival::Cancelled(None), streamed));
                 }
-                self.request_cancel(link.as_ref())?;
+                request_cancel(self.dd, self.key, &self.id, link.as_ref())?;
                 cancel_by = Some(Instant::now() + CANCEL_GRACE);
             }
             let elapsed = start.elapsed();
             match cancel_by {
-                Some(by) if Instant::now() >= by => return Ok(Arrival::Cancelled(None)),
+                Some(by) if Instant::now() >= by => {
+                    return Ok((Arrival::Cancelled(None), streamed))
+                }
                 Some(_) => {}
-                None if elapsed >= self.limit => return Ok(Arrival::NoAnswer),
+                None if elapsed >= limit => return Ok((Arrival::NoAnswer, streamed)),
                 None => {}
             }
-            if elapsed >= next_progress {
-                // Only while nothing is shown: a note in the middle of live stderr
-                // would corrupt it.
-                if !self.quiet && streamed.quiet_for(PROGRESS_EVERY) {
-                    note(console, &format!("waiting… {}s", elapsed.as_secs()));
-                }
-                next_progress = next_progress.saturating_add(PROGRESS_EVERY);
-            }
+            live.tick(elapsed);
             let step = if link.is_some() || elapsed >= FAST_POLL_FOR {
                 SLOW_POLL
             } else {
                 FAST_POLL
             };
-            let step = step.min(self.limit.saturating_sub(elapsed).max(FAST_POLL));
+            let step = step.min(limit.saturating_sub(elapsed).max(FAST_POLL));
             let Some(l) = link.as_mut() else {
                 std::thread::sleep(step);
                 continue;
             };
             match l.next(step) {
-                Some(LinkEvent::Chunk(kind, bytes)) => streamed.take(kind, &bytes, console)?,
+                Some(LinkEvent::Chunk(kind, bytes)) => streamed.take(kind, &bytes, live)?,
                 Some(LinkEvent::Done) => {
                     // The result is stored: read it now, and poll from here on.
                     link = None;
@@ -497,34 +593,103 @@ impl Waiting<'_> {
             }
         }
     }
+}
 
-    /// Withdraws a job still in pending/: it has not reached dom0, so removing it is
-    /// the surest cancel. The agent claims by rename, so exactly one of the two wins.
-    fn withdraw(&self) -> bool {
-        files::remove_if_present(&self.dd.job_path(QueueDir::Pending, self.id)).unwrap_or(false)
+/// Writes the signed `<id>.cancel` and wakes the agent so it sends it at once.
+fn request_cancel(
+    dd: &DataDir,
+    key: &Key,
+    id: &CommandId,
+    link: Option<&Link>,
+) -> Result<(), Error> {
+    let dir = dd.queue(QueueDir::Pending);
+    let name = datadir::cancel_name(id);
+    let token = format!("{}\n", cancel_token(key, id));
+    files::write_atomic(
+        &dir,
+        &format!(".{name}.tmp"),
+        &name,
+        token.as_bytes(),
+        Durability::Buffered,
+    )
+    .map_err(|source| Error::Write {
+        path: dir.join(&name),
+        source,
+    })?;
+    match link {
+        Some(l) => l.wake(),
+        None => wake_agent(dd),
+    }
+    Ok(())
+}
+
+/// The terminal as a [`Live`] sink: chunks printed at once, stdout flushed per chunk
+/// as ssh does, and `waiting… Ns` after each [`PROGRESS_EVERY`] in which nothing was
+/// shown (unless `-q`).
+struct Terminal<'c, 'a> {
+    console: &'c mut Console<'a>,
+    /// Whether chunks are printed (not with `--json`, not for `ping`).
+    show: bool,
+    /// `-q`: no waiting notes.
+    quiet: bool,
+    /// Our stdout's reader has gone (`| head`): stop writing to it.
+    out_closed: bool,
+    last_shown: Option<Instant>,
+    next_note: Duration,
+}
+
+impl<'c, 'a> Terminal<'c, 'a> {
+    fn new(console: &'c mut Console<'a>, show: bool, quiet: bool) -> Terminal<'c, 'a> {
+        Terminal {
+            console,
+            show,
+            quiet,
+            out_closed: false,
+            last_shown: None,
+            next_note: PROGRESS_EVERY,
+        }
+    }
+}
+
+impl Live for Terminal<'_, '_> {
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), Error> {
+        if !self.show {
+            return Ok(());
+        }
+        self.last_shown = Some(Instant::now());
+        if stream == Stream::Stderr {
+            return ignore_broken_pipe(self.console.err.write_all(bytes)).map_err(Error::Output);
+        }
+        if self.out_closed {
+            return Ok(());
+        }
+        match self
+            .console
+            .out
+            .write_all(bytes)
+            .and_then(|()| self.console.out.flush())
+        {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.out_closed = true;
+                Ok(())
+            }
+            other => other.map_err(Error::Output),
+        }
     }
 
-    /// Writes the signed `<id>.cancel` and wakes the agent so it sends it at once.
-    fn request_cancel(&self, link: Option<&Link>) -> Result<(), Error> {
-        let dir = self.dd.queue(QueueDir::Pending);
-        let name = datadir::cancel_name(self.id);
-        let token = format!("{}\n", cancel_token(self.key, self.id));
-        files::write_atomic(
-            &dir,
-            &format!(".{name}.tmp"),
-            &name,
-            token.as_bytes(),
-            Durability::Buffered,
-        )
-        .map_err(|source| Error::Write {
-            path: dir.join(&name),
-            source,
-        })?;
-        match link {
-            Some(l) => l.wake(),
-            None => wake_agent(self.dd),
+    fn tick(&mut self, elapsed: Duration) {
+        if elapsed < self.next_note {
+            return;
         }
-        Ok(())
+        // Only while nothing is shown: a note in the middle of live stderr would
+        // corrupt it.
+        let silent = self
+            .last_shown
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if !self.quiet && silent {
+            note(self.console, &format!("waiting… {}s", elapsed.as_secs()));
+        }
+        self.next_note = self.next_note.saturating_add(PROGRESS_EVERY);
     }
 }
 
@@ -639,12 +804,12 @@ impl Link {
     /// Takes the chunks still coming, up to `DONE` or the connection's end, for at
     /// most [`LINK_DRAIN`]: the result file is there, so an agent that says nothing
     /// more only delays the end.
-    fn drain(mut self, streamed: &mut Streamed, console: &mut Console<'_>) -> Result<(), Error> {
+    fn drain(mut self, streamed: &mut Streamed, live: &mut dyn Live) -> Result<(), Error> {
         let deadline = Instant::now() + LINK_DRAIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left) {
-                Some(LinkEvent::Chunk(kind, bytes)) => streamed.take(kind, &bytes, console)?,
+                Some(LinkEvent::Chunk(kind, bytes)) => streamed.take(kind, &bytes, live)?,
                 Some(LinkEvent::Done | LinkEvent::Closed) => return Ok(()),
                 None if left.is_zero() => return Ok(()),
                 None => {}
@@ -659,78 +824,39 @@ impl Link {
     }
 }
 
-/// The live output shown so far, kept to check it against the signed result.
-struct Streamed {
-    /// Whether chunks are printed (not with `--json`, not for `ping`).
-    show: bool,
+/// The live output received so far, kept to check it against the signed result.
+#[derive(Debug, Default)]
+pub struct Streamed {
     out: Vec<u8>,
     err: Vec<u8>,
     /// More arrived than any result can hold: it cannot be a prefix.
     overflow: bool,
-    /// Our stdout's reader has gone (`| head`): stop writing to it.
-    out_closed: bool,
-    last_shown: Option<Instant>,
 }
 
 impl Streamed {
-    fn new(show: bool) -> Streamed {
-        Streamed {
-            show,
-            out: Vec::new(),
-            err: Vec::new(),
-            overflow: false,
-            out_closed: false,
-            last_shown: None,
-        }
-    }
-
-    /// Shows a chunk at once (stdout flushed, as ssh does) and remembers it.
-    fn take(
-        &mut self,
-        kind: ReplyKind,
-        bytes: &[u8],
-        console: &mut Console<'_>,
-    ) -> Result<(), Error> {
-        let kept = match kind {
-            ReplyKind::Err => &mut self.err,
-            _ => &mut self.out,
+    /// Remembers a chunk and hands it to `live`; past [`MAX_STREAMED`] nothing more is
+    /// kept or shown.
+    fn take(&mut self, kind: ReplyKind, bytes: &[u8], live: &mut dyn Live) -> Result<(), Error> {
+        let (kept, stream) = match kind {
+            ReplyKind::Err => (&mut self.err, Stream::Stderr),
+            _ => (&mut self.out, Stream::Stdout),
         };
         if kept.len().saturating_add(bytes.len()) > MAX_STREAMED {
             self.overflow = true;
             return Ok(());
         }
         kept.extend_from_slice(bytes);
-        if !self.show {
-            return Ok(());
-        }
-        self.last_shown = Some(Instant::now());
-        if kind == ReplyKind::Err {
-            return ignore_broken_pipe(console.err.write_all(bytes)).map_err(Error::Output);
-        }
-        if self.out_closed {
-            return Ok(());
-        }
-        match console
-            .out
-            .write_all(bytes)
-            .and_then(|()| console.out.flush())
-        {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                self.out_closed = true;
-                Ok(())
-            }
-            other => other.map_err(Error::Output),
-        }
-    }
-
-    /// True if nothing was shown during the last `d`.
-    fn quiet_for(&self, d: Duration) -> bool {
-        self.last_shown.is_none_or(|t| t.elapsed() >= d)
+        live.output(stream, bytes)
     }
 
     /// Whether what was streamed is a prefix of each of the result's outputs.
-    fn is_prefix_of(&self, res: &JobResult) -> bool {
+    pub fn is_prefix_of(&self, res: &JobResult) -> bool {
         !self.overflow && res.stdout.starts_with(&self.out) && res.stderr.starts_with(&self.err)
+    }
+
+    /// How many bytes of stdout and stderr arrived live.
+    pub fn shown(&self) -> (usize, usize) {
+        (self.out.len(), self.err.len())
     }
 }
 
@@ -839,6 +965,13 @@ impl View {
 
     /// The `--json` object.
     pub fn json(&self) -> String {
+        self.object().finish()
+    }
+
+    /// The `--json` object, to finish or to nest (the MCP server's
+    /// `structuredContent`). Output that is not UTF-8 is shown lossily and flagged
+    /// with `stdout_utf8: false` / `stderr_utf8: false`.
+    pub fn object(&self) -> json::Object {
         let (out, out_exact) = lossy(&self.stdout);
         let (err, err_exact) = lossy(&self.stderr);
         let mut o = json::Object::new()
@@ -859,7 +992,7 @@ impl View {
         if !self.reason.is_empty() {
             o = o.str("reason", &self.reason);
         }
-        o.finish()
+        o
     }
 }
 
@@ -918,7 +1051,7 @@ fn ignore_broken_pipe(r: io::Result<()>) -> io::Result<()> {
 
 /// After showing: archive, remove the queue files, log. Failures here cannot change
 /// what the command did, so they are warnings, not errors.
-fn finish(
+pub fn finish(
     dd: &DataDir,
     res: &JobResult,
     body: &[u8],
@@ -953,7 +1086,7 @@ fn finish(
 }
 
 /// Removes a finished job's running entry, result and any leftover cancel request.
-fn clean_queue(dd: &DataDir, id: &CommandId, console: &mut Console<'_>) {
+pub fn clean_queue(dd: &DataDir, id: &CommandId, console: &mut Console<'_>) {
     for path in [
         dd.job_path(QueueDir::Running, id),
         dd.result_path(id),

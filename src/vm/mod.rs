@@ -20,6 +20,7 @@ pub mod datadir;
 pub mod files;
 pub mod history;
 pub mod keycmd;
+pub mod mcp;
 pub mod queue;
 pub mod relay;
 pub mod sock;
@@ -120,6 +121,8 @@ pub enum Error {
     Id(io::Error),
     /// The SIGINT/SIGTERM handlers could not be installed.
     Signals(io::Error),
+    /// A thread could not be started (`mcp`).
+    Spawn(io::Error),
     /// dom0 did not answer in time.
     NoAnswer {
         /// The job.
@@ -194,6 +197,7 @@ impl fmt::Display for Error {
             ),
             Error::Id(e) => write!(f, "making a command id: {e}"),
             Error::Signals(e) => write!(f, "installing signal handlers: {e}"),
+            Error::Spawn(e) => write!(f, "starting a thread: {e}"),
             Error::NoAnswer {
                 id,
                 secs,
@@ -277,6 +281,9 @@ pub fn run(cmd: &Command, console: &mut Console<'_>) -> Result<u8, Error> {
             agent::serve(&dd, io::stdin(), io::stdout(), mode)
                 .map(|()| 0)
                 .map_err(Error::Agent)
+        }
+        Command::Mcp { read_only } => {
+            mcp::serve(dd, *read_only, io::stdin(), io::stdout(), io::stderr()).map(|()| 0)
         }
         Command::Help | Command::Version => Ok(0),
     }
