@@ -100,7 +100,7 @@ fn mutate(r: &mut Rng, input: &[u8]) -> Vec<u8> {
                     .find(|c: char| !c.is_ascii_digit())
                     .map_or(text.len(), |e| pos + e);
                 let mut s = text.clone();
-                let n: &str = r.pick(&numbers[..]);
+                let n: &&str = r.pick(&numbers[..]);
                 s.replace_range(pos..end, n);
                 v = s.into_bytes();
             }
