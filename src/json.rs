@@ -261,10 +261,12 @@ pub enum Value {
 /// Why [`parse`] refused its input. Offsets are in bytes from the start of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
-    /// The input is longer than [`MAX_PARSE_INPUT`].
+    /// The input is longer than the limit ([`MAX_PARSE_INPUT`] for [`parse`]).
     TooLarge {
         /// The input's length.
         len: usize,
+        /// The limit it broke.
+        max: usize,
     },
     /// The input is not UTF-8.
     NotUtf8 {
@@ -317,8 +319,8 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::TooLarge { len } => {
-                write!(f, "JSON input of {len} bytes is over {MAX_PARSE_INPUT}")
+            ParseError::TooLarge { len, max } => {
+                write!(f, "JSON input of {len} bytes is over {max}")
             }
             ParseError::NotUtf8 { offset } => write!(f, "byte {offset}: not UTF-8"),
             ParseError::TooDeep { offset } => {
@@ -347,8 +349,18 @@ impl std::error::Error for ParseError {}
 /// Parses one JSON document from bytes (which must be UTF-8), surrounding whitespace
 /// allowed.
 pub fn parse(input: &[u8]) -> Result<Value, ParseError> {
-    if input.len() > MAX_PARSE_INPUT {
-        return Err(ParseError::TooLarge { len: input.len() });
+    parse_limited(input, MAX_PARSE_INPUT)
+}
+
+/// [`parse`] with a caller's own size limit, for a protocol whose messages may be larger
+/// (the MCP server takes lines of up to 2 MiB: a command and its stdin of up to 1 MiB
+/// each). The depth and value-count limits stay.
+pub fn parse_limited(input: &[u8], max: usize) -> Result<Value, ParseError> {
+    if input.len() > max {
+        return Err(ParseError::TooLarge {
+            len: input.len(),
+            max,
+        });
     }
     let text = std::str::from_utf8(input).map_err(|e| ParseError::NotUtf8 {
         offset: e.valid_up_to(),
@@ -1039,7 +1051,8 @@ mod parse_tests {
         assert_eq!(
             parse(&big),
             Err(ParseError::TooLarge {
-                len: MAX_PARSE_INPUT + 1
+                len: MAX_PARSE_INPUT + 1,
+                max: MAX_PARSE_INPUT
             })
         );
         // Values.

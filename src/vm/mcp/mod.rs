@@ -277,15 +277,12 @@ impl Server {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let value = match json::parse(&bytes) {
+        let value = match json::parse_limited(&bytes, rpc::MAX_LINE) {
             Ok(v) => v,
-            Err(ParseError::TooLarge { len }) => {
+            Err(ParseError::TooLarge { len, max }) => {
                 let e = RpcError::new(
                     ErrorCode::InvalidRequest,
-                    format!(
-                        "message of {len} bytes is over the JSON parser's limit of {} bytes",
-                        json::MAX_PARSE_INPUT
-                    ),
+                    format!("message of {len} bytes is over the limit of {max} bytes"),
                 );
                 return self.refuse(None, &e);
             }
@@ -463,7 +460,7 @@ impl Server {
 }
 
 /// A client-given name, cut short for an error message (the JSON writer escapes it).
-fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     name.chars().take(MAX_QUOTED_NAME).collect()
 }
 

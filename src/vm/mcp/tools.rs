@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::progress::Progress;
 use super::rpc::{self, RpcError};
-use super::schema;
+use super::{quote, schema};
 use crate::id::CommandId;
 use crate::json::{self, Value};
 use crate::proto::job::PROTOCOL_MAX_COMMAND;
@@ -192,7 +192,7 @@ pub fn parse_request(params: Option<&Value>, read_only: bool) -> Result<Request,
             } else {
                 ""
             };
-            RpcError::params(format!("unknown tool `{}`{hint}", clip(name)))
+            RpcError::params(format!("unknown tool `{}`{hint}", quote(name)))
         })?;
     let members: &[(String, Value)] = match params.get("arguments") {
         None | Some(Value::Null) => &[],
@@ -289,7 +289,7 @@ impl Arguments<'_> {
             .iter()
             .find(|(k, _)| !known.contains(&k.as_str()))
         {
-            Some((k, _)) => Err(self.error(&format!("unknown argument `{}`", clip(k)))),
+            Some((k, _)) => Err(self.error(&format!("unknown argument `{}`", quote(k)))),
             None => Ok(()),
         }
     }
@@ -315,11 +315,6 @@ impl Arguments<'_> {
             },
         }
     }
-}
-
-/// A name from the client, cut short for an error message (the JSON writer escapes it).
-fn clip(name: &str) -> String {
-    name.chars().take(64).collect()
 }
 
 /// What a tool call answers: the `result` of its response.
