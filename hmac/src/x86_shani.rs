@@ -41,12 +41,12 @@ pub(crate) fn available() -> bool {
 /// SHA-NI instructions on a CPU that does not have them.
 pub(crate) fn compress(state: &mut [u32; 8], blocks: &[[u8; 64]]) {
     if available() {
-        // SAFETY:
+        // Checklist:
         // - `compress_blocks` is only unsafe to call because of its
         //   `#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]` attribute;
-        // - `available()` has just confirmed through `is_x86_feature_detected!` that
-        //   the running CPU supports all four of those features;
         // - its arguments are ordinary safe references, so there is no other contract.
+        // SAFETY: `available()` has just confirmed through `is_x86_feature_detected!`
+        // that the running CPU supports all four features, as the checklist requires.
         unsafe { compress_blocks(state, blocks) }
     } else {
         crate::soft::compress(state, blocks);
@@ -123,11 +123,12 @@ fn compress_blocks(state: &mut [u32; 8], blocks: &[[u8; 64]]) {
         let cdgh_saved = cdgh;
 
         let ptr = block.as_ptr().cast::<__m128i>();
-        // SAFETY:
+        // Checklist:
         // - `ptr` comes from a `&[u8; 64]`: 64 initialised bytes, immutable while borrowed;
         // - the four loads read bytes 0..16, 16..32, 32..48, 48..64: all in bounds;
-        // - `_mm_loadu_si128` needs no alignment; any 16 bytes are a valid `__m128i`;
-        // - SSE2 is enabled on this function, and its only caller detected it.
+        // - `_mm_loadu_si128` needs no alignment; any 16 bytes are a valid `__m128i`.
+        // SAFETY: the checklist above holds, and SSE2 is enabled on this function, whose
+        // only caller detected it.
         let (raw0, raw1, raw2, raw3) = unsafe {
             (
                 _mm_loadu_si128(ptr),
