@@ -1023,6 +1023,17 @@ fn execute_streams_output_and_cancel_timeout_and_page_close_kill_the_group() {
         r#"{"argv": ["rm", "-f", "/nonexistent/qvm-panel"], "confirm": true}"#,
     );
     wait_task(&c, &task_id(&r));
+    // In a VM too.
+    let r = c.post(
+        "/api/exec/vm",
+        r#"{"vm": "work", "argv": ["rm", "-f", "/nonexistent/qvm-panel"]}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = c.post(
+        "/api/exec/vm",
+        r#"{"vm": "work", "argv": ["rm", "-f", "/nonexistent/qvm-panel"], "confirm": true}"#,
+    );
+    wait_task(&c, &task_id(&r));
 
     // Nobody watching (the page was closed): killed after UNWATCHED_LIMIT.
     let r = c.post("/api/exec/dom0", r#"{"argv": ["sleep", "34.5"]}"#);

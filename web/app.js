@@ -454,7 +454,7 @@
         const body = { argv, timeout: Number(timeout.value) || 300 };
         const r = target.value === 'dom0'
           ? await post('/api/exec/dom0', body)
-          : await api('POST', '/api/exec/vm', Object.assign(body, { vm: target.value, user: user.value }));
+          : await post('/api/exec/vm', Object.assign(body, { vm: target.value, user: user.value }));
         watchTask(r.task).exec = true;
         tasksBox.prepend(taskBox(r.task, target.value + '$ ' + argv.join(' ')));
         return r;

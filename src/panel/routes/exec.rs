@@ -4,7 +4,8 @@
 //! shell. In a VM it goes through `qvm-run --no-shell`, so the VM's shell never parses
 //! it either. Each run is a watched background task: its output streams to the page,
 //! and closing the page (nobody watching for `tasks::UNWATCHED_LIMIT`) or the timeout
-//! kills its process group. Programs in [`DANGEROUS`] need `confirm: true`.
+//! kills its process group. Programs in [`DANGEROUS`] need `confirm: true`, in dom0 and
+//! in a VM alike.
 
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ pub const DEFAULT_TIMEOUT: u64 = 300;
 /// Longest time limit a command may be given, seconds.
 pub const MAX_TIMEOUT: u64 = 3600;
 
-/// Programs that destroy data, stop VMs or the system, or change dom0 itself: the page
-/// asks the administrator to confirm before running them in dom0.
+/// Programs that destroy data, stop VMs or the system, or change a qube's setup: the page
+/// asks the administrator to confirm before running them, in dom0 or in a VM.
 pub const DANGEROUS: &[&str] = &[
     "qvm-remove",
     "qvm-kill",
@@ -73,7 +74,7 @@ pub fn danger(argv: &[String]) -> Option<String> {
     let base = base.split('.').next().unwrap_or(base);
     if DANGEROUS.contains(&base) || base.starts_with("mkfs") {
         return Some(format!(
-            "{base} can destroy data or stop VMs or the system; confirm to run it in dom0"
+            "{base} can destroy data or stop VMs or the system; confirm to run it"
         ));
     }
     if argv.iter().any(|a| a == "--all") {
@@ -110,6 +111,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             opt("user", Kind::OneOf(&["user", "root"]), "VM user (default: QVM_REMOTE_VM_USER)", "\"user\""),
             opt("timeout", Kind::Uint(1, MAX_TIMEOUT), "seconds before it is killed (default 300)", "30"),
             opt("autostart", Kind::Bool, "start the VM if it is not running", "false"),
+            opt("confirm", Kind::Bool, "true after the user confirmed a dangerous program", "false"),
         ],
         access: Access::Session,
         runs_command: true,
@@ -149,6 +151,11 @@ fn dom0(ctx: &Ctx, call: &Call) -> Result<Reply, ApiError> {
 fn vm(ctx: &Ctx, call: &Call) -> Result<Reply, ApiError> {
     let vm = call.text("vm");
     let cmd = call.list("argv").to_vec();
+    if let Some(why) = danger(&cmd) {
+        if !call.flag("confirm") {
+            return Err(ApiError::needs_confirmation(&why));
+        }
+    }
     let user = call.str("user").unwrap_or(&ctx.cfg.vm_user).to_string();
     let argv = qubes::qvm_run_argv(ctx, vm, Some(&user), call.flag("autostart"), &cmd);
     let task = ctx.tasks.start(TaskSpec {
