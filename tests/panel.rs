@@ -103,6 +103,44 @@ fn login_is_one_time_and_sets_a_strict_http_only_cookie() {
 }
 
 #[test]
+fn panel_url_open_hands_the_url_to_the_desktop_users_xdg_open() {
+    let p = PanelSim::start(&["work"]);
+    // As root under sudo, the browser is the desktop user's: runuser -u USER -- xdg-open.
+    let out = p
+        .panel_command(&["panel", "url", "--open"])
+        .env("SUDO_USER", "alice")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let calls = p.fake_calls();
+    let opened = calls
+        .iter()
+        .find(|c| c[0] == "runuser" || c[0] == "xdg-open");
+    let opened = opened.expect("nothing was opened").clone();
+    if qvm_remote::sys::geteuid() == 0 {
+        assert_eq!(
+            opened,
+            ["runuser", "-u", "alice", "--", "xdg-open", url.as_str()]
+        );
+    } else {
+        assert_eq!(opened, ["xdg-open", url.as_str()]);
+    }
+    // A SUDO_USER that could become an option is never passed on.
+    let out = p
+        .panel_command(&["panel", "url", "--open"])
+        .env("SUDO_USER", "-x")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let calls = p.fake_calls();
+    assert!(
+        calls.iter().all(|c| !c.iter().any(|w| w == "-x")),
+        "{calls:?}"
+    );
+}
+
+#[test]
 fn api_needs_a_valid_session() {
     let p = PanelSim::start(&["work"]);
     let c = p.login();

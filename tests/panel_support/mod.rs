@@ -17,6 +17,9 @@ use crate::common::{self, Sim};
 /// Fake dom0 tools: each logs its argv (one line, words joined by a US byte) to
 /// $QVM_PANEL_FAKE_LOG and prints canned output. None of them evaluates its arguments.
 const FAKE_TOOLS: &[(&str, &str)] = &[
+    // `panel url --open`: the desktop opener, and runuser to reach the desktop user.
+    ("xdg-open", "true"),
+    ("runuser", "true"),
     (
         "xl",
         r#"case "$1" in
