@@ -308,7 +308,22 @@ pub fn read_anchor(path: &Path) -> Option<String> {
     is_chain_value(v).then(|| v.to_string())
 }
 
+/// Records the last chain value. The value always has the same length, so an existing
+/// anchor is overwritten in place (one write within one block, no directory change:
+/// this runs for every audit line); a missing or odd-sized one is written to a temp
+/// file and renamed into place.
 fn write_anchor(path: &Path, chain: &str) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let text = format!("{chain}\n");
+    if let Ok(f) = OpenOptions::new()
+        .write(true)
+        .custom_flags(crate::sys::O_NOFOLLOW)
+        .open(path)
+    {
+        if f.metadata().is_ok_and(|m| m.is_file() && m.len() == text.len() as u64) {
+            return f.write_all_at(text.as_bytes(), 0);
+        }
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -321,7 +336,7 @@ fn write_anchor(path: &Path, chain: &str) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(crate::sys::O_NOFOLLOW)
         .open(&tmp)?;
-    f.write_all(format!("{chain}\n").as_bytes())?;
+    f.write_all(text.as_bytes())?;
     fs::rename(&tmp, path)
 }
 
