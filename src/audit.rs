@@ -320,7 +320,9 @@ fn write_anchor(path: &Path, chain: &str) -> io::Result<()> {
         .custom_flags(crate::sys::O_NOFOLLOW)
         .open(path)
     {
-        if f.metadata().is_ok_and(|m| m.is_file() && m.len() == text.len() as u64) {
+        if f.metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == text.len() as u64)
+        {
             return f.write_all_at(text.as_bytes(), 0);
         }
     }
