@@ -198,6 +198,25 @@ pub fn check_secret_file(path: &Path, meta: &fs::Metadata) -> Result<(), KeyErro
     Ok(())
 }
 
+/// Refuses a directory that holds secrets or dom0 state unless it is a real directory
+/// (not a symlink: pass `symlink_metadata`), owned by the trusted owner or root, with no
+/// group or other permission bits: the keys dir, the approval queues.
+pub fn check_private_dir(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
+    let insecure = |why: String| KeyError::Insecure {
+        path: path.to_path_buf(),
+        why,
+    };
+    if !meta.is_dir() {
+        return Err(insecure("not a directory".into()));
+    }
+    check_not_writable_by_others(path, meta)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(insecure(format!("mode {mode:04o}, want 0700")));
+    }
+    Ok(())
+}
+
 /// Refuses a config-like file or directory that others could write: group- or
 /// world-writable, or owned by someone other than the trusted owner or root.
 pub fn check_not_writable_by_others(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
@@ -237,6 +256,30 @@ mod tests {
         ] {
             assert!(Key::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn private_dirs_must_be_real_dirs_with_mode_0700() {
+        let dir = std::env::temp_dir().join(format!("qvm-keys-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let check = |p: &Path| check_private_dir(p, &fs::symlink_metadata(p).unwrap());
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check(&dir).is_ok());
+        for mode in [0o750, 0o705, 0o770] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let e = check(&dir).unwrap_err().to_string();
+            assert!(e.contains(&format!("{mode:04o}")), "{e}");
+        }
+        let link = dir.with_extension("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(check(&link)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        fs::remove_file(&link).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -203,17 +203,7 @@ fn check_dir(path: &Path) -> Result<(), ApprovalError> {
         path: path.to_path_buf(),
         why,
     };
-    if !meta.is_dir() {
-        return Err(untrusted("not a directory".into()));
-    }
-    keys::check_not_writable_by_others(path, &meta).map_err(|e| untrusted(e.to_string()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(untrusted(format!(
-            "mode {:04o}, want 0700",
-            meta.mode() & 0o777
-        )));
-    }
-    Ok(())
+    keys::check_private_dir(path, &meta).map_err(|e| untrusted(e.to_string()))
 }
 
 fn vm_dir(run_dir: &Path, vm: &str) -> PathBuf {

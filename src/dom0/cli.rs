@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -153,27 +153,25 @@ pub fn main(args: &[String]) -> Result<(), CliError> {
     let path = config_path.unwrap_or_else(default_config_path);
     match rest.as_slice() {
         [] => {
-            let cfg = load_config(&path, true)?;
+            let cfg = load_config(&path)?;
             daemon::run(cfg, opts).map_err(CliError::Daemon)
         }
-        ["authorize", vm] => authorize(&load_config(&path, false)?, vm, None),
-        ["authorize", vm, key] => authorize(&load_config(&path, false)?, vm, Some(key)),
-        ["revoke", vm] => revoke(&load_config(&path, false)?, vm),
-        ["keys"] => list_keys(&load_config(&path, false)?),
+        ["authorize", vm] => authorize(&load_config(&path)?, vm, None),
+        ["authorize", vm, key] => authorize(&load_config(&path)?, vm, Some(key)),
+        ["revoke", vm] => revoke(&load_config(&path)?, vm),
+        ["keys"] => list_keys(&load_config(&path)?),
         ["check-config"] => check_config(&path),
-        ["status"] => status(&load_config(&path, false)?),
-        ["policy", sub @ ..] => admin::policy(&load_config(&path, false)?, sub),
-        ["pending"] => admin::pending(&load_config(&path, false)?),
-        ["approve", id] => admin::decide(&load_config(&path, false)?, id, Verdict::Approve),
-        ["deny", id] => admin::decide(&load_config(&path, false)?, id, Verdict::Deny),
-        ["dev-mode", sub @ ..] => admin::dev_mode(&load_config(&path, false)?, sub),
-        ["audit", sub @ ..] => admin::audit(&load_config(&path, false)?, sub),
+        ["status"] => status(&load_config(&path)?),
+        ["policy", sub @ ..] => admin::policy(&load_config(&path)?, sub),
+        ["pending"] => admin::pending(&load_config(&path)?),
+        ["approve", id] => admin::decide(&load_config(&path)?, id, Verdict::Approve),
+        ["deny", id] => admin::decide(&load_config(&path)?, id, Verdict::Deny),
+        ["dev-mode", sub @ ..] => admin::dev_mode(&load_config(&path)?, sub),
+        ["audit", sub @ ..] => admin::audit(&load_config(&path)?, sub),
         ["panel", sub @ ..] => {
-            crate::panel::cli(&load_config(&path, false)?, &path, sub).map_err(|e| {
-                match e.is_usage() {
-                    true => CliError::Usage(e.to_string()),
-                    false => CliError::Failed(e.to_string()),
-                }
+            crate::panel::cli(&load_config(&path)?, &path, sub).map_err(|e| match e.is_usage() {
+                true => CliError::Usage(e.to_string()),
+                false => CliError::Failed(e.to_string()),
             })
         }
         ["enable"] => enable(),
@@ -195,7 +193,7 @@ pub fn default_config_path() -> PathBuf {
 /// Loads the config. A missing file is allowed for the admin subcommands (defaults
 /// plus environment, so `authorize` works before the first config is written), and
 /// for the daemon too, which then needs `QVM_REMOTE_VMS` from the environment.
-fn load_config(path: &Path, _daemon: bool) -> Result<Config, CliError> {
+fn load_config(path: &Path) -> Result<Config, CliError> {
     if path.exists() || fs::symlink_metadata(path).is_ok() {
         return Ok(Config::load(path)?);
     }
@@ -227,22 +225,7 @@ fn ensure_keys_dir(cfg: &Config) -> Result<(), CliError> {
 }
 
 fn check_private_dir(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
-    if !meta.is_dir() {
-        return Err(format!("{}: not a directory", path.display()));
-    }
-    let owner = keys::trusted_owner();
-    if meta.uid() != owner && meta.uid() != 0 {
-        return Err(format!(
-            "{}: owned by uid {}, want {owner} or root",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!("{}: mode {mode:04o}, want 0700", path.display()));
-    }
-    Ok(())
+    keys::check_private_dir(path, meta).map_err(|e| e.to_string())
 }
 
 fn authorize(cfg: &Config, vm: &str, key_arg: Option<&str>) -> Result<(), CliError> {
@@ -331,7 +314,7 @@ fn list_keys(cfg: &Config) -> Result<(), CliError> {
 fn check_config(path: &Path) -> Result<(), CliError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let cfg = match load_config(path, true) {
+    let cfg = match load_config(path) {
         Ok(c) => c,
         Err(e) => return Err(CliError::Failed(format!("config: {e}"))),
     };
