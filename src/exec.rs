@@ -49,6 +49,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -561,12 +562,15 @@ fn supervise(
     let stdout_pipe = child.stdout.take();
     let stderr_pipe = child.stderr.take();
     let stop = AtomicBool::new(false);
+    // Each pipe thread says on this channel when it ends, so the drain below wakes the
+    // moment the last one is done instead of on a timer tick.
+    let (finished_tx, finished_rx) = mpsc::channel::<()>();
     thread::scope(|scope| {
         let stop = &stop;
         let mut spawn_error = None;
         let writer = stdin_pipe.and_then(|pipe| {
             let job_stdin = spec.stdin;
-            spawn_pipe_thread(scope, "stdin", &mut spawn_error, move || {
+            spawn_pipe_thread(scope, "stdin", &mut spawn_error, &finished_tx, move || {
                 feed_stdin(pipe, job_stdin, stop)
             })
         });
@@ -577,9 +581,13 @@ fn supervise(
         .map(|(stream, pipe)| {
             pipe.and_then(|pipe| {
                 let cap = spec.max_output;
-                spawn_pipe_thread(scope, stream.name(), &mut spawn_error, move || {
-                    capture(pipe, stream, cap, on_chunk, stop)
-                })
+                spawn_pipe_thread(
+                    scope,
+                    stream.name(),
+                    &mut spawn_error,
+                    &finished_tx,
+                    move || capture(pipe, stream, cap, on_chunk, stop),
+                )
             })
         });
         // A missing pipe thread would leave the job blocked on a full pipe (or fed
@@ -593,8 +601,13 @@ fn supervise(
             end_job(pid);
         }
         let drain_deadline = Instant::now() + OUTPUT_DRAIN_LIMIT;
-        while !all_finished(&writer, &readers) && Instant::now() < drain_deadline {
-            thread::sleep(WAIT_POLL);
+        let mut running = usize::from(writer.is_some()) + readers.iter().flatten().count();
+        while running > 0 {
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || finished_rx.recv_timeout(left).is_err() {
+                break;
+            }
+            running -= 1;
         }
         stop.store(true, Ordering::SeqCst);
         let fed = writer.map(|handle| join_pipe_thread(handle, "stdin"));
@@ -626,16 +639,20 @@ fn spawn_pipe_thread<'scope, 'env, T, F>(
     scope: &'scope Scope<'scope, 'env>,
     name: &str,
     spawn_error: &mut Option<io::Error>,
+    finished: &mpsc::Sender<()>,
     body: F,
 ) -> Option<ScopedJoinHandle<'scope, T>>
 where
     F: FnOnce() -> T + Send + 'scope,
     T: Send + 'scope,
 {
+    let signal = Finished(finished.clone());
     match thread::Builder::new()
         .name(format!("job-{name}"))
-        .spawn_scoped(scope, body)
-    {
+        .spawn_scoped(scope, move || {
+            let _signal = signal;
+            body()
+        }) {
         Ok(handle) => Some(handle),
         Err(error) => {
             spawn_error.get_or_insert(error);
@@ -644,11 +661,15 @@ where
     }
 }
 
-fn all_finished<T, U>(
-    writer: &Option<ScopedJoinHandle<'_, T>>,
-    readers: &[Option<ScopedJoinHandle<'_, U>>; 2],
-) -> bool {
-    writer.iter().all(|h| h.is_finished()) && readers.iter().flatten().all(|h| h.is_finished())
+/// Sends on its channel when dropped: at the end of a pipe thread, however it ends.
+struct Finished(mpsc::Sender<()>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        // The receiver outlives every pipe thread (they are scoped), so this only fails
+        // if the supervisor already stopped waiting, when nobody needs the news.
+        let _ = self.0.send(());
+    }
 }
 
 fn join_pipe_thread<T>(

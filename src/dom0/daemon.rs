@@ -366,11 +366,12 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
             .map_err(setup("approval thread"))?
     };
     let mut threads = Vec::new();
-    for vm in &vms {
+    for (i, vm) in vms.iter().enumerate() {
         let (s, v) = (Arc::clone(&shared), Arc::clone(vm));
+        let phase = poll_phase(&shared, i, vms.len());
         let t = thread::Builder::new()
             .name(format!("vm-{}", vm.name))
-            .spawn(move || vm_loop(&s, &v))
+            .spawn(move || vm_loop(&s, &v, phase))
             .map_err(setup("VM thread"))?;
         threads.push(t);
     }
@@ -509,7 +510,30 @@ enum SessionEnd {
     Violation,
 }
 
-fn vm_loop(shared: &Arc<Shared>, vm: &Arc<Vm>) {
+/// Where in the poll cycle the `i`th of `n` VMs is polled. Poll mode spreads the VMs
+/// evenly over the interval instead of spawning every `qvm-run` at the same instant:
+/// a burst of spawns contends for dom0's CPU (and qubesd) and delays every VM's answer,
+/// while spread out each finds dom0 idle. Stream mode and `--once` start at once.
+fn poll_phase(shared: &Shared, i: usize, n: usize) -> Duration {
+    if shared.cfg.mode != Mode::Poll || shared.opts.once {
+        return Duration::ZERO;
+    }
+    spread(shared.cfg.poll_interval, i, n)
+}
+
+/// The `i`th of `n` evenly spaced offsets in `interval`, always below `interval`.
+fn spread(interval: Duration, i: usize, n: usize) -> Duration {
+    let (Ok(i), Ok(n)) = (u32::try_from(i), u32::try_from(n)) else {
+        return Duration::ZERO;
+    };
+    if n == 0 || i >= n {
+        return Duration::ZERO;
+    }
+    interval / n * i
+}
+
+fn vm_loop(shared: &Arc<Shared>, vm: &Arc<Vm>, phase: Duration) {
+    sleep_unless_stopped(shared, phase);
     let mut backoff = Duration::ZERO;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -1523,4 +1547,24 @@ fn write_status(shared: &Shared, vms: &[Arc<Vm>]) {
 /// The status file's path for `run_dir`.
 pub fn status_path(run_dir: &std::path::Path) -> PathBuf {
     run_dir.join("status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_phases_spread_the_vms_over_the_interval() {
+        let second = Duration::from_secs(1);
+        let phases: Vec<_> = (0..4).map(|i| spread(second, i, 4)).collect();
+        assert_eq!(
+            phases,
+            [0, 250, 500, 750].map(Duration::from_millis).to_vec()
+        );
+        assert_eq!(spread(second, 0, 1), Duration::ZERO);
+        // Out-of-range input gives no delay rather than one past the interval.
+        assert_eq!(spread(second, 5, 4), Duration::ZERO);
+        assert_eq!(spread(second, 0, 0), Duration::ZERO);
+        assert!((0..50).all(|i| spread(second, i, 50) < second));
+    }
 }
