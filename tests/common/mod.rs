@@ -23,8 +23,13 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A fresh, unique temp dir, world-traversable so that simulated VM users can reach
 /// their homes below it.
 pub fn temp_dir(tag: &str) -> PathBuf {
+    temp_dir_in(&std::env::temp_dir(), tag)
+}
+
+/// [`temp_dir`] under `base` instead of the system temp dir.
+pub fn temp_dir_in(base: &Path, tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = base.join(format!(
         "qvm-remote-test-{tag}-{}-{n}-{}",
         std::process::id(),
         std::time::SystemTime::now()
@@ -53,7 +58,11 @@ impl Sim {
     /// A simulator with these VMs, keys generated in each VM and authorised in dom0,
     /// and a poll-mode config with a short interval. The daemon is not started.
     pub fn new(vms: &[&str]) -> Sim {
-        let root = temp_dir("sim");
+        Sim::new_at(temp_dir("sim"), vms)
+    }
+
+    /// [`Sim::new`] with its tree (VM homes and dom0's dirs) at `root`, a fresh dir.
+    pub fn new_at(root: PathBuf, vms: &[&str]) -> Sim {
         let sim_dir = root.join("qubes");
         let dom0 = root.join("dom0");
         fs::create_dir_all(&dom0).unwrap();
