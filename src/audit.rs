@@ -35,6 +35,7 @@ use std::sync::Mutex;
 
 use qvm_remote_hmac::{hex, sha256};
 
+use crate::atomic::{self, Durability};
 use crate::proto::escape_line;
 use crate::time;
 
@@ -310,8 +311,7 @@ pub fn read_anchor(path: &Path) -> Option<String> {
 
 /// Records the last chain value. The value always has the same length, so an existing
 /// anchor is overwritten in place (one write within one block, no directory change:
-/// this runs for every audit line); a missing or odd-sized one is written to a temp
-/// file and renamed into place.
+/// this runs for every audit line); a missing or odd-sized one is replaced atomically.
 fn write_anchor(path: &Path, chain: &str) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let text = format!("{chain}\n");
@@ -326,20 +326,7 @@ fn write_anchor(path: &Path, chain: &str) -> io::Result<()> {
             return f.write_all_at(text.as_bytes(), 0);
         }
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    fs::rename(&tmp, path)
+    atomic::replace(path, text.as_bytes(), Durability::Buffered)
 }
 
 fn is_chain_value(v: &str) -> bool {

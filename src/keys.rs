@@ -8,12 +8,13 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use qvm_remote_hmac::{hex, sha256};
 
+use crate::atomic::{self, Durability};
 use crate::rand;
 
 /// Key length in bytes.
@@ -138,32 +139,19 @@ impl Key {
     /// Writes the key to a new file created with mode 0600 in one step; never
     /// overwrites (the file must not exist).
     pub fn store_new(&self, path: &Path) -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(crate::sys::O_NOFOLLOW)
-            .open(path)?;
-        f.write_all(format!("{}\n", self.to_hex()).as_bytes())?;
-        f.sync_all()
+        atomic::create_new(path, self.file_text().as_bytes(), Durability::Synced)
     }
 
     /// Writes the key to `path`, replacing any old one atomically (tmp + rename), the
     /// new file created with mode 0600 in one step.
     pub fn store_replace(&self, path: &Path) -> io::Result<()> {
-        let tmp = tmp_sibling(path);
-        let _ = fs::remove_file(&tmp);
-        self.store_new(&tmp)?;
-        fs::rename(&tmp, path)
+        atomic::replace(path, self.file_text().as_bytes(), Durability::Synced)
     }
-}
 
-fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    /// The key file's contents: the hex key and a newline.
+    fn file_text(&self) -> String {
+        format!("{}\n", self.to_hex())
+    }
 }
 
 /// The uid allowed to own secret and config files: root, or the invoking user when not

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod atomic;
 pub mod audit;
 pub mod config;
 pub mod dom0;

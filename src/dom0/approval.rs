@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::atomic::{self, Durability};
 use crate::config::is_valid_vm_name;
 use crate::id::CommandId;
 use crate::keys;
@@ -221,18 +222,8 @@ pub fn write_pending(run_dir: &Path, rec: &Record) -> Result<(), ApprovalError> 
     private_dir(&run_dir.join(PENDING_DIR))?;
     let dir = vm_dir(run_dir, &rec.vm);
     private_dir(&dir)?;
-    let tmp = dir.join(format!(".{}.tmp", rec.id));
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(rec.encode().as_bytes()).map_err(io_err(&tmp))?;
     let path = dir.join(rec.id.as_str());
-    fs::rename(&tmp, &path).map_err(io_err(&path))
+    atomic::replace(&path, rec.encode().as_bytes(), Durability::Buffered).map_err(io_err(&path))
 }
 
 /// Daemon: the job left the queue; forget its record and any decision.

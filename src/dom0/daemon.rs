@@ -32,6 +32,7 @@ use super::devmode;
 use super::gate::{Gate, Verdict};
 use super::sched::{QueueError, Scheduler};
 use super::store::{VmStore, MAX_HELD_PER_VM};
+use crate::atomic::{self, Durability};
 use crate::audit::{AuditLog, Echo};
 use crate::config::{Config, Mode};
 use crate::exec::{self, Ending, ExecSpec, Stream, Termination};
@@ -1534,14 +1535,13 @@ fn write_status(shared: &Shared, vms: &[Arc<Vm>]) {
             !lock(&vm.noted).contains("nokey"),
         ));
     }
-    let path = shared.cfg.run_dir.join("status");
-    let tmp = shared.cfg.run_dir.join(".status.tmp");
-    let _ = fs::remove_file(&tmp);
     // The status file is a convenience for `status`; failing to write it must not
     // disturb the daemon, and the run dir was already checked at start.
-    let _ = fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| fs::rename(&tmp, &path));
+    let _ = atomic::replace(
+        &status_path(&shared.cfg.run_dir),
+        text.as_bytes(),
+        Durability::Buffered,
+    );
 }
 
 /// The status file's path for `run_dir`.

@@ -14,10 +14,11 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::atomic::{self, Durability};
 use crate::config::is_valid_vm_name;
 use crate::keys;
 
@@ -148,22 +149,12 @@ pub fn turn_on(run_dir: &Path, vm: &str, minutes: u64, now: u64) -> Result<u64, 
         Some(current) => current.max(wanted),
         None => wanted,
     };
-    let tmp = d.join(format!(".{vm}.tmp"));
-    let io_err = |source| DevModeError::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io_err)?;
-    f.write_all(format!("expires={expires}\n").as_bytes())
-        .map_err(io_err)?;
-    fs::rename(&tmp, &path).map_err(|source| DevModeError::Io { path, source })?;
+    atomic::replace(
+        &path,
+        format!("expires={expires}\n").as_bytes(),
+        Durability::Buffered,
+    )
+    .map_err(|source| DevModeError::Io { path, source })?;
     Ok(expires)
 }
 

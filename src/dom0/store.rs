@@ -20,6 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::atomic::{self, Durability};
 use crate::id::CommandId;
 use crate::proto::result::MAX_RESULT_FILE;
 
@@ -113,17 +114,13 @@ impl VmStore {
     /// Stores a result durably until it is ACKed.
     pub fn hold(&self, id: &CommandId, bytes: &[u8]) -> io::Result<()> {
         let name = format!("{id}.result");
-        let tmp = self.held.join(format!(".{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.held.join(name))?;
-        sync_dir(&self.held)
+        atomic::write_atomic(
+            &self.held,
+            &format!(".{name}.tmp"),
+            &name,
+            bytes,
+            Durability::Synced,
+        )
     }
 
     /// The held result for `id`, if any.

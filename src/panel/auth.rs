@@ -18,13 +18,15 @@
 //!   checked Host, and `Content-Type: application/json`.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use qvm_remote_hmac::{ct_eq, hex};
+
+use crate::atomic::{self, Durability};
 
 use super::http::{Head, HttpError};
 
@@ -78,17 +80,7 @@ pub fn random_secret() -> io::Result<String> {
 pub fn issue_login_token(run_dir: &Path) -> io::Result<String> {
     ensure_run_dir(run_dir)?;
     let token = random_secret()?;
-    let tmp = run_dir.join(format!(".{TOKEN_FILE}.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, token_path(run_dir))?;
+    atomic::replace(&token_path(run_dir), token.as_bytes(), Durability::Synced)?;
     Ok(token)
 }
 

@@ -304,18 +304,7 @@ pub fn serve(cfg: Config, config_path: PathBuf, opts: Options) -> Result<(), Pan
 }
 
 fn write_private(path: &Path, text: &str) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    fs::rename(&tmp, path)
+    crate::atomic::replace(path, text.as_bytes(), crate::atomic::Durability::Buffered)
 }
 
 /// The port of the running panel (from its address file), else the configured one.

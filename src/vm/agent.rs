@@ -46,10 +46,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::datadir::{self, DataDir, QueueDir};
-use super::files::{self, Durability, ReadError};
+use super::files::{self, ReadError};
 use super::queue;
 use super::relay::{self, Bound, Relay};
 use super::sock::ReplyKind;
+use crate::atomic::{self, Durability};
 use crate::id::CommandId;
 use crate::keys::Key;
 use crate::proto::frame::write_frame;
@@ -410,7 +411,7 @@ fn store_result<W: Write>(
     let name = datadir::result_name(&id);
     // The watcher hears of the result as soon as it can be read; the ACK waits until
     // it is on disk, since dom0 forgets it then.
-    files::write_atomic_visible_early(&dir, &datadir::tmp_name(&id), &name, payload, || {
+    atomic::write_atomic_visible_early(&dir, &datadir::tmp_name(&id), &name, payload, || {
         if let Some(relay) = relay {
             relay.result_stored(&id);
         }
@@ -679,7 +680,7 @@ impl Scanner<'_> {
         let bytes = JobResult::refusal(id.clone(), Status::Rejected, reason).encode(&key);
         let dir = self.dd.queue(QueueDir::Results);
         let name = datadir::result_name(id);
-        match files::write_atomic(
+        match atomic::write_atomic(
             &dir,
             &datadir::tmp_name(id),
             &name,

@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 
 use super::cli::{RunOptions, ShowOptions};
 use super::datadir::{self, DataDir, QueueDir};
-use super::files::{self, Durability, ReadError};
+use super::files::{self, ReadError};
 use super::history::{self, Record};
 use super::sock::{self, ReplyKind, Request};
 use super::{Console, Error, VerifyError};
+use crate::atomic::{self, Durability};
 use crate::id::CommandId;
 use crate::json;
 use crate::keys::Key;
@@ -302,7 +303,7 @@ pub fn settle_ping(
 /// Withdraws a job still in `pending/`: it has not reached dom0, so removing it is the
 /// surest cancel. The agent claims by rename, so exactly one of the two wins.
 pub fn withdraw(dd: &DataDir, id: &CommandId) -> bool {
-    files::remove_if_present(&dd.job_path(QueueDir::Pending, id)).unwrap_or(false)
+    atomic::remove_if_present(&dd.job_path(QueueDir::Pending, id)).unwrap_or(false)
 }
 
 /// `qvm-remote result ID`: shows a result that arrived after its client stopped
@@ -432,7 +433,7 @@ pub fn new_job(timeout: u64, body: Vec<u8>, stdin: Vec<u8>) -> Result<Job, Error
 pub fn submit(dd: &DataDir, key: &Key, job: &Job) -> Result<(), Error> {
     let dir = dd.queue(QueueDir::Pending);
     let name = datadir::job_name(&job.id);
-    files::write_atomic(
+    atomic::write_atomic(
         &dir,
         &datadir::tmp_name(&job.id),
         &name,
@@ -607,7 +608,7 @@ fn request_cancel(
     let dir = dd.queue(QueueDir::Pending);
     let name = datadir::cancel_name(id);
     let token = format!("{}\n", cancel_token(key, id));
-    files::write_atomic(
+    atomic::write_atomic(
         &dir,
         &format!(".{name}.tmp"),
         &name,
@@ -1094,7 +1095,7 @@ pub fn clean_queue(dd: &DataDir, id: &CommandId, console: &mut Console<'_>) {
         dd.result_path(id),
         dd.cancel_path(id),
     ] {
-        if let Err(e) = files::remove_if_present(&path) {
+        if let Err(e) = atomic::remove_if_present(&path) {
             warn(console, &format!("{}: {e}", path.display()));
         }
     }

@@ -14,17 +14,6 @@ use std::path::{Path, PathBuf};
 
 use super::datadir::FILE_MODE;
 
-/// Whether a write must reach the disk before it counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// fsync the file and its directory: the agent's `ACK` promises dom0 that a result
-    /// is stored, after which dom0 forgets it.
-    Synced,
-    /// Leave it to the kernel: a job or archive lost in a VM crash is lost with its
-    /// client anyway.
-    Buffered,
-}
-
 /// Why a file could not be read.
 #[derive(Debug)]
 pub enum ReadError {
@@ -192,94 +181,6 @@ pub fn read_prefix(path: &Path, max: usize) -> Result<Vec<u8>, ReadError> {
     Ok(buf)
 }
 
-/// Creates `path` (which must not exist, not even as a symlink) with mode 0600 and
-/// writes `bytes` to it.
-pub fn create_new(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(path)?;
-    f.write_all(bytes)?;
-    if durability == Durability::Synced {
-        f.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Writes `dir/name` atomically: `dir/tmp` is removed if a stale one is there, created
-/// new with mode 0600, written, and renamed to `name` (replacing a file of that name).
-pub fn write_atomic(
-    dir: &Path,
-    tmp: &str,
-    name: &str,
-    bytes: &[u8],
-    durability: Durability,
-) -> io::Result<()> {
-    let tmp_path = dir.join(tmp);
-    remove_if_present(&tmp_path)?;
-    if let Err(e) = create_new(&tmp_path, bytes, durability) {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-    if let Err(e) = fs::rename(&tmp_path, dir.join(name)) {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-    if durability == Durability::Synced {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Like [`write_atomic`] with [`Durability::Synced`], but calls `visible` as soon as the
-/// file is in place under its final name, before the fsyncs that make it durable; it
-/// returns once it is durable. For the agent's results: the waiting client may read
-/// the file at once, while the `ACK` that lets dom0 forget it still waits for the disk.
-/// A crash between the two can leave a final name with incomplete bytes, which fail
-/// their MAC check; dom0, never having had its `ACK`, sends the result again.
-pub fn write_atomic_visible_early(
-    dir: &Path,
-    tmp: &str,
-    name: &str,
-    bytes: &[u8],
-    visible: impl FnOnce(),
-) -> io::Result<()> {
-    let tmp_path = dir.join(tmp);
-    remove_if_present(&tmp_path)?;
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp_path)
-        .and_then(|mut f| f.write_all(bytes).map(|()| f));
-    let file = match written {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(e);
-        }
-    };
-    if let Err(e) = fs::rename(&tmp_path, dir.join(name)) {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-    visible();
-    file.sync_all()?;
-    File::open(dir)?.sync_all()
-}
-
-/// Removes a file (or symlink); says whether there was one. A missing file is fine.
-pub fn remove_if_present(path: &Path) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// True when something (anything, a dangling symlink included) is at `path`.
 pub fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
@@ -356,42 +257,6 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn atomic_writes_use_0600_and_never_write_through_a_symlink() {
-        let d = temp("atomic");
-        write_atomic(&d, ".a.tmp", "a", b"one", Durability::Synced).unwrap();
-        write_atomic(&d, ".a.tmp", "a", b"two", Durability::Buffered).unwrap();
-        assert_eq!(fs::read(d.join("a")).unwrap(), b"two");
-        let mode = fs::metadata(d.join("a")).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(!exists(&d.join(".a.tmp")));
-        // A symlink planted at the tmp name is removed, not written through.
-        fs::write(d.join("victim"), b"keep").unwrap();
-        symlink(d.join("victim"), d.join(".b.tmp")).unwrap();
-        write_atomic(&d, ".b.tmp", "b", b"new", Durability::Buffered).unwrap();
-        assert_eq!(fs::read(d.join("victim")).unwrap(), b"keep");
-        assert_eq!(fs::read(d.join("b")).unwrap(), b"new");
-        // create_new refuses an existing name, symlink or not.
-        assert!(create_new(&d.join("b"), b"x", Durability::Buffered).is_err());
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn early_visible_writes_are_whole_when_announced() {
-        let d = temp("early");
-        let path = d.join("r");
-        let mut seen = None;
-        write_atomic_visible_early(&d, ".r.tmp", "r", b"result", || {
-            seen = Some(fs::read(&path).unwrap());
-        })
-        .unwrap();
-        assert_eq!(seen.as_deref(), Some(&b"result"[..]));
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(!exists(&d.join(".r.tmp")));
         fs::remove_dir_all(&d).unwrap();
     }
 

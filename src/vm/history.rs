@@ -21,8 +21,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use super::datadir::{self, DataDir};
-use super::files::{self, Durability, ReadError};
+use super::files::{self, ReadError};
 use super::{Console, Error};
+use crate::atomic::{self, Durability};
 use crate::id::CommandId;
 use crate::proto::escape_line;
 use crate::proto::result::PROTOCOL_MAX_OUTPUT;
@@ -99,7 +100,7 @@ pub fn archive(dd: &DataDir, r: &Record<'_>) -> Result<PathBuf, Error> {
         ("meta", meta.as_bytes()),
     ];
     for (name, bytes) in parts {
-        files::write_atomic(
+        atomic::write_atomic(
             &dir,
             &format!(".{name}.tmp"),
             name,

@@ -31,6 +31,7 @@ use std::time::Duration;
 use super::datadir::{DataDir, FILE_MODE};
 use super::files;
 use super::sock::{self, ReplyKind, Request, MAX_REQUEST_LINE};
+use crate::atomic;
 use crate::id::CommandId;
 
 /// Connections served at once (each costs one or two threads).
@@ -129,7 +130,7 @@ pub fn bind(dd: &DataDir) -> Result<Bound, BindError> {
         Ok(meta) if meta.file_type().is_socket() => {
             took_over = UnixStream::connect(&path).is_ok();
             replaced = true;
-            files::remove_if_present(&path).map_err(|e| io_err("removing", e))?;
+            atomic::remove_if_present(&path).map_err(|e| io_err("removing", e))?;
         }
         Ok(meta) => {
             return Err(BindError::NotASocket {

@@ -16,6 +16,7 @@ use super::super::tar::{self, Entry};
 use super::super::tasks::TaskSpec;
 use super::super::Ctx;
 use super::qubes;
+use crate::atomic::{self, Durability};
 use crate::json::{Array, Object};
 use crate::keys::Key;
 
@@ -290,17 +291,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ApiError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("panel-restore.tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    atomic::replace(path, data, Durability::Synced).map_err(err)
 }
 
 fn restore(ctx: &Ctx, call: &Call) -> Result<Reply, ApiError> {
