@@ -849,6 +849,9 @@ fn session_members(sid: i32) -> Vec<i32> {
         .take(MAX_PROC_ENTRIES)
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| parse_pid(&entry.file_name().to_string_lossy()))
+        // One getsid call rules out nearly every process; only the few in the session
+        // have their stat file read, to leave out zombies (and to re-check the session).
+        .filter(|&pid| sys::getsid(pid) == Some(sid))
         .filter(|&pid| read_proc_stat(pid).is_some_and(|stat| stat.is_live_member_of(sid)))
         .collect()
 }

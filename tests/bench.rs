@@ -201,6 +201,7 @@ fn pipeline_benchmark() {
     sim.set("QVM_REMOTE_POLL_INTERVAL", "1");
     let spawn = raw_spawns(&sim, "work", SPAWN_RUNS);
     let spawn_p50 = percentile(&spawn, 0.5);
+    let log_lag = spawn_log_lag_ms(&sim, "work");
     row(
         &mut rows,
         "raw `qvm-run --pass-io work true` p50 (ms)",
@@ -214,26 +215,27 @@ fn pipeline_benchmark() {
     let idle_rss = proc_status_kib(pid, "VmRSS:");
     let before = sim.spawns("work");
     let t0 = Instant::now();
-    // Clients arrive at every moment of the poll cycle, as real ones do. Each run ends
-    // just after a poll, so a pause before the next run sets where in the cycle it
-    // arrives: the pauses step evenly through the interval (in a shuffled order), which
-    // gives the p50 without the ±70 ms sampling noise of 50 random arrivals. Each pause
-    // is the middle of its slice of the cycle, so the grid's median wait is interval/2
-    // exactly (starting each slice at its beginning would add half a slice to it).
+    // Clients arrive at every moment of the poll cycle, as real ones do. The simulator
+    // logs when each poll's `qvm-run` starts, so each client is started at a chosen
+    // phase after a poll: the phases step evenly through the interval (the middle of
+    // each of 50 slices, in a shuffled order). The p50 of such arrivals is interval/2
+    // plus the fixed cost of a poll, without the ±70 ms sampling noise of 50 random
+    // arrivals and without the 20 ms steps that pauses timed from the previous answer
+    // would give (those shift the phase by that answer's own latency).
     let step = 1000 / POLL_RUNS as u64;
-    let mut pauses: Vec<u64> = (0..POLL_RUNS as u64).map(|k| k * step + step / 2).collect();
+    let mut phases: Vec<u64> = (0..POLL_RUNS as u64).map(|k| k * step + step / 2).collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..pauses.len()).rev() {
+    for i in (1..phases.len()).rev() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        pauses.swap(i, (seed % (i as u64 + 1)) as usize);
+        phases.swap(i, (seed % (i as u64 + 1)) as usize);
     }
     let lat = sorted(
-        pauses
+        phases
             .iter()
-            .map(|&pause| {
-                std::thread::sleep(Duration::from_millis(pause));
+            .map(|&phase| {
+                sleep_until_phase(&sim, "work", 1000, phase, log_lag);
                 ms(time_client(&sim, "work", &["echo", "ok"]))
             })
             .collect(),
@@ -350,6 +352,59 @@ fn pipeline_benchmark() {
     sim.stop_daemon();
 
     print(&rows);
+}
+
+/// How long after `qvm-run` is started the simulator logs it (the median of a few
+/// runs, in whole ms, rounded up so that phases are never early).
+fn spawn_log_lag_ms(sim: &Sim, vm: &str) -> u64 {
+    let qvm_run = sim_tools().join("qvm-run");
+    let mut lags: Vec<u64> = (0..9)
+        .map(|_| {
+            let start = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64;
+            let st = Command::new(&qvm_run)
+                .args(["--pass-io", "--no-autostart", vm, "true"])
+                .env("QVM_SIM_DIR", &sim.sim_dir)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let logged = last_spawn_ms(sim, vm).unwrap() * 1000;
+            logged.saturating_sub(start).div_ceil(1000)
+        })
+        .collect();
+    lags.sort_unstable();
+    lags[lags.len() / 2]
+}
+
+/// Unix time in ms of the last `qvm-run` the simulator logged for `vm`.
+fn last_spawn_ms(sim: &Sim, vm: &str) -> Option<u64> {
+    let log = fs::read_to_string(sim.sim_dir.join("spawns.log")).ok()?;
+    log.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let t = f.next()?;
+        (f.next()? == vm).then(|| t.parse().ok()).flatten()
+    })
+}
+
+/// Sleeps until `phase_ms` after a poll of `vm` (polls come every `interval_ms`), at
+/// least a few ms from now so the phase is met, not overshot.
+fn sleep_until_phase(sim: &Sim, vm: &str, interval_ms: u64, phase_ms: u64, log_lag_ms: u64) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The log line is written a little after dom0 started the poll: go back by that lag
+    // so the phases are measured from the poll itself.
+    let last = last_spawn_ms(sim, vm).expect("the simulator logged no poll") - log_lag_ms;
+    let mut at = last + phase_ms;
+    while at < now() + 5 {
+        at += interval_ms;
+    }
+    std::thread::sleep(Duration::from_millis(at - now()));
 }
 
 /// A tmpfs to hold the simulated VMs, if the machine has one at /dev/shm.
