@@ -41,8 +41,10 @@ demo: build
 demo-stop:
 	tests/sim/demo.sh stop $(DEMO_DIR)
 
-bench:
-	$(CARGO) test --release --test bench -- --ignored --nocapture --test-threads 1
+# The VMs run the static client, as `make install-vm` installs it.
+bench: static
+	QVM_REMOTE_BENCH_CLIENT=$(STATIC_DIR)/qvm-remote \
+		$(CARGO) test --release --test bench -- --ignored --nocapture --test-threads 1
 
 attack:
 	$(CARGO) build --release --examples

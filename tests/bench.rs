@@ -196,9 +196,21 @@ fn pass(ok: bool) -> &'static str {
 fn pipeline_benchmark() {
     let mut rows = Vec::new();
 
-    // Poll mode, default interval 1 s.
-    let mut sim = Sim::new(&["work", "dev", "vm3", "vm4"]);
+    // Poll mode, default interval 1 s, laid out as in Qubes (see vm_tmpfs).
+    let (mut sim, disk) = qubes_like_sim(&["work", "dev", "vm3", "vm4"]);
     sim.set("QVM_REMOTE_POLL_INTERVAL", "1");
+    let static_client = std::env::var_os("QVM_REMOTE_BENCH_CLIENT").is_some();
+    row(
+        &mut rows,
+        "VM client binary",
+        if static_client { "static" } else { "dynamic" }.into(),
+        "-".into(),
+        if static_client {
+            "as make install-vm installs it".into()
+        } else {
+            "release build (make bench uses the static one)".into()
+        },
+    );
     let spawn = raw_spawns(&sim, "work", SPAWN_RUNS);
     let spawn_p50 = percentile(&spawn, 0.5);
     let log_lag = spawn_log_lag_ms(&sim, "work");
@@ -318,6 +330,7 @@ fn pipeline_benchmark() {
     );
     sim.stop_daemon();
     drop(sim);
+    let _ = fs::remove_dir_all(disk);
 
     // 50 VMs connected at once.
     let names: Vec<String> = (0..50).map(|i| format!("vm{i:02}")).collect();
@@ -428,13 +441,25 @@ fn vm_tmpfs() -> Option<std::path::PathBuf> {
         .then(|| std::path::PathBuf::from("/dev/shm"))
 }
 
-/// A simulator laid out as Qubes lays out the real thing (see [`vm_tmpfs`]), and the
-/// disk dir that holds dom0's state and log (the caller removes it).
+/// The client the VMs run: `QVM_REMOTE_BENCH_CLIENT` (`make bench` points it at the
+/// static build that `make install-vm` installs), else the release build.
+fn vm_client() -> std::path::PathBuf {
+    std::env::var_os("QVM_REMOTE_BENCH_CLIENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(CLIENT))
+}
+
+/// A simulator laid out as Qubes lays out the real thing (see [`vm_tmpfs`]), with the
+/// installed client in its VMs, and the disk dir that holds dom0's state and log (the
+/// caller removes it).
 fn qubes_like_sim(vms: &[&str]) -> (Sim, std::path::PathBuf) {
     let mut sim = match vm_tmpfs() {
         Some(base) => Sim::new_at(temp_dir_in(&base, "sim"), vms),
         None => Sim::new(vms),
     };
+    let bin = sim.sim_dir.join("bin/qvm-remote");
+    fs::remove_file(&bin).unwrap();
+    fs::copy(vm_client(), &bin).unwrap();
     let disk = temp_dir("dom0-disk");
     sim.set(
         "QVM_REMOTE_STATE_DIR",

@@ -433,10 +433,21 @@ fn recover(shared: &Shared, vm: &Vm) {
         None => return,
     };
     for id in ids {
+        // The crash may have lost the id's unsynced replay entry; the journal entry
+        // still names it, so it is sealed now, before anything else can happen.
+        if let Err(e) = vm.store.seal_seen(&id) {
+            shared.log.event(
+                "ERROR",
+                &[
+                    ("vm", &vm.name),
+                    ("id", id.as_str()),
+                    ("replay-store", &e.to_string()),
+                ],
+            );
+        }
         if matches!(vm.store.held(&id), Ok(Some(_))) {
             continue;
         }
-        let _ = vm.store.mark_seen(&id);
         // A job that was running when the daemon died is still running: kill what is
         // left of it before reporting it interrupted, so no root process outlives its
         // daemon.

@@ -2,12 +2,20 @@
 //! `<state_dir>/vms/<vm>/{seen,journal,held}/`.
 //!
 //! - `seen/<id>`: every authenticated id ever accepted for this VM, created with
-//!   `create_new` and fsynced *before* the job can run, so a replayed job is refused
-//!   even across crashes. Entries older than twice the replay window are pruned: a job
-//!   that old is refused by the window check anyway.
-//! - `journal/<id>`: the job was accepted and may be running. Written first. Cleared
-//!   when the agent ACKs the result. After a crash, an entry without a held result
-//!   becomes an `interrupted` result and is never run again.
+//!   `create_new` before the job can run, so a replayed job is refused even across
+//!   crashes. Entries older than twice the replay window are pruned: a job that old is
+//!   refused by the window check anyway.
+//! - `journal/<id>`: the job was accepted and may be running. Written first, and made
+//!   durable (file and directory fsynced) before the job can run. Cleared when the
+//!   agent ACKs the result. After a crash, an entry without a held result becomes an
+//!   `interrupted` result and is never run again.
+//!
+//! Durability of an accepted id. From acceptance on, the id is durable in the journal
+//! or in `seen/` or in both: the `seen/` entry is only fsynced ([`VmStore::seal_seen`])
+//! when the ACK is about to remove the journal entry, or at recovery for every
+//! journalled id. Until then the durable journal entry stands for it (a crash that loses
+//! the `seen/` entry keeps the journal entry, and recovery seals it). That takes two of
+//! the four fsyncs off the path between a job's arrival and its execution.
 //! - `held/<id>.result`: a result not yet ACKed, sent again at the VM's next session.
 //!
 //! Order on ACK: journal first, then the held result, so a crash in between leaves a
@@ -101,9 +109,35 @@ impl VmStore {
         Some((pid?, start?))
     }
 
-    /// Records `id` in the replay store. `Ok(false)` if it was seen before.
+    /// Records `id` in the replay store. `Ok(false)` if it was seen before. The entry
+    /// is not fsynced: `id` must be journalled first, which keeps it durable until
+    /// [`VmStore::seal_seen`] (see the module notes).
     pub fn mark_seen(&self, id: &CommandId) -> io::Result<bool> {
-        create_durable(&self.seen, id.as_str(), b"")
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(crate::sys::O_NOFOLLOW)
+            .open(self.seen.join(id.as_str()))
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `id`'s replay entry durable, creating it if it is missing (after a crash
+    /// that lost it). Called before its journal entry goes, and at recovery.
+    pub fn seal_seen(&self, id: &CommandId) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(crate::sys::O_NOFOLLOW)
+            .open(self.seen.join(id.as_str()))?;
+        f.sync_all()?;
+        sync_dir(&self.seen)
     }
 
     /// True if `id` is journalled.
@@ -152,6 +186,8 @@ impl VmStore {
         if !held.exists() {
             return Ok(false);
         }
+        // The journal entry is what kept the id durable so far (see the module notes).
+        self.seal_seen(id)?;
         remove_if_exists(&self.journal.join(id.as_str()))?;
         sync_dir(&self.journal)?;
         remove_if_exists(&held)?;
@@ -285,6 +321,25 @@ mod tests {
         assert!(s.held(&id).unwrap().is_none());
         assert!(s.journal_ids().unwrap().is_empty());
         assert!(!s.ack(&id).unwrap());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ack_seals_the_replay_entry_and_sealing_restores_a_lost_one() {
+        let dir = tmp();
+        let s = VmStore::open(&dir, "work").unwrap();
+        let id = CommandId::parse("20261204-153000-1-0123456789abcdef").unwrap();
+        assert!(s.journal_start(&id).unwrap());
+        assert!(s.mark_seen(&id).unwrap());
+        // An OS crash before the ACK may lose the unsynced entry; recovery seals it
+        // again from the journal, and the id is refused as a replay from then on.
+        fs::remove_file(dir.join("vms/work/seen").join(id.as_str())).unwrap();
+        s.seal_seen(&id).unwrap();
+        assert!(!s.mark_seen(&id).unwrap());
+        s.hold(&id, b"result").unwrap();
+        assert!(s.ack(&id).unwrap());
+        assert!(s.journal_ids().unwrap().is_empty());
+        assert!(!s.mark_seen(&id).unwrap());
         fs::remove_dir_all(dir).unwrap();
     }
 }
