@@ -309,61 +309,6 @@ pub fn wait_ready(fd: BorrowedFd<'_>, want: Readiness, timeout: Duration) -> io:
     Ok(ready > 0)
 }
 
-/// Bytes read from an inotify descriptor at once: room for many events (each is 16
-/// bytes plus a name of at most NAME_MAX + 1).
-const INOTIFY_BUFFER: usize = 4096;
-
-/// Wakes a waiter when a file appears in one directory (created, or renamed into it).
-/// The events themselves are discarded: the waiter looks for what it wants afterwards,
-/// so a missed or spurious wake-up costs at most one look.
-#[derive(Debug)]
-pub struct DirWatch {
-    fd: OwnedFd,
-}
-
-impl DirWatch {
-    /// Watches `dir` (which must exist) for new entries.
-    pub fn new(dir: &std::path::Path) -> io::Result<DirWatch> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
-        // SAFETY: inotify_init1 takes a flags word and returns a new descriptor or -1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` was just created for us and nothing else owns it, so OwnedFd may
-        // close it (once, on drop, also if adding the watch fails below).
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ONLYDIR;
-        // SAFETY: the descriptor is open; `path` is a NUL-terminated string that lives
-        // for the whole call and is only read by the kernel.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(DirWatch { fd })
-    }
-
-    /// Waits up to `timeout` for an entry to appear; returns whether one did. Pending
-    /// events are drained, so the next wait sleeps until something new happens.
-    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        if !wait_ready(self.fd.as_fd(), Readiness::Readable, timeout)? {
-            return Ok(false);
-        }
-        let mut buf = [0u8; INOTIFY_BUFFER];
-        loop {
-            // SAFETY: `buf` is a live, writable buffer of exactly the length passed; the
-            // descriptor is open and non-blocking.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                // 0 cannot happen on inotify; -1 is EAGAIN once drained (or an error the
-                // next wait reports again): either way the wake-up stands.
-                return Ok(true);
-            }
-        }
-    }
-}
-
 /// Puts the open file description behind `fd` into non-blocking mode. For a pipe end we
 /// created, only our end changes; the process at the other end is not affected.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -643,32 +588,6 @@ mod tests {
             let error = kill_group(pgid, Signal::Term).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "pgid {pgid}");
         }
-    }
-
-    #[test]
-    fn dir_watch_wakes_on_a_rename_into_the_dir_and_not_otherwise() {
-        let dir = std::env::temp_dir().join(format!("qvm-remote-watch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        let watch = DirWatch::new(&dir).unwrap();
-        assert!(!watch.wait(Duration::from_millis(20)).unwrap());
-        let outside = dir.with_extension("tmp");
-        std::fs::write(&outside, b"r").unwrap();
-        let started = Instant::now();
-        let writer = std::thread::spawn({
-            let (from, to) = (outside.clone(), dir.join("x.result"));
-            move || {
-                std::thread::sleep(Duration::from_millis(50));
-                std::fs::rename(from, to).unwrap();
-            }
-        });
-        assert!(watch.wait(Duration::from_secs(10)).unwrap());
-        assert!(started.elapsed() < Duration::from_secs(10));
-        writer.join().unwrap();
-        // Drained: nothing new, no wake-up.
-        assert!(!watch.wait(Duration::from_millis(20)).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(DirWatch::new(&dir).is_err());
     }
 
     #[test]
