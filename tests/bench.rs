@@ -214,28 +214,36 @@ fn pipeline_benchmark() {
             "release build (make bench uses the static one)".into()
         },
     );
-    let log_lag = spawn_log_lag_ms(&sim, "work");
     sim.start_daemon();
     let pid = sim.daemon_pid().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let idle_rss = proc_status_kib(pid, "VmRSS:");
     let before = sim.spawns("work");
     let t0 = Instant::now();
-    // Clients arrive at every moment of the poll cycle, as real ones do. The simulator
-    // logs when each poll's `qvm-run` starts, so each client is started at a chosen
-    // phase after a poll: the phases step evenly through the interval (the middle of
-    // each of 50 slices, in a shuffled order). The p50 of such arrivals is interval/2
-    // plus the fixed cost of a poll, without the ±70 ms sampling noise of 50 random
-    // arrivals and without the 20 ms steps that pauses timed from the previous answer
-    // would give (those shift the phase by that answer's own latency).
+    // Clients arrive at every moment of the poll cycle, as real ones do. The daemon
+    // records when it opens each poll's channel, so each client is started at a chosen
+    // phase after a poll. The phases are a stratified sample of the interval: one at a
+    // random point of each of 50 equal slices, in a random order. Their p50 estimates
+    // that of uniform arrivals without the ±70 ms noise of 50 purely random ones, and,
+    // unlike a fixed grid, without a bias of up to half a slice wherever the moment the
+    // agent looks at its queue falls between two grid points.
     let step = 1000 / POLL_RUNS as u64;
-    let mut phases: Vec<u64> = (0..POLL_RUNS as u64).map(|k| k * step + step / 2).collect();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..phases.len()).rev() {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut next = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        phases.swap(i, (seed % (i as u64 + 1)) as usize);
+        seed
+    };
+    let mut phases: Vec<u64> = (0..POLL_RUNS as u64)
+        .map(|k| k * step + next() % step)
+        .collect();
+    for i in (1..phases.len()).rev() {
+        phases.swap(i, (next() % (i as u64 + 1)) as usize);
     }
     // The anchor is measured between the runs, one raw spawn after each (in another
     // VM, whose polls come at other moments), so that a machine that slows down or
@@ -245,7 +253,7 @@ fn pipeline_benchmark() {
         phases
             .iter()
             .map(|&phase| {
-                sleep_until_phase(&sim, "work", 1000, phase, log_lag);
+                sleep_until_phase(&sim, "work", 1000, phase);
                 let took = ms(time_client(&sim, "work", &["echo", "ok"]));
                 spawn.extend(raw_spawns(&sim, "dev", 1));
                 took
@@ -376,52 +384,39 @@ fn pipeline_benchmark() {
     print(&rows);
 }
 
-/// How long after `qvm-run` is started the simulator logs it (the median of a few
-/// runs, in whole ms, rounded up so that phases are never early).
-fn spawn_log_lag_ms(sim: &Sim, vm: &str) -> u64 {
-    let qvm_run = sim_tools().join("qvm-run");
-    let mut lags: Vec<u64> = (0..9)
-        .map(|_| {
-            let start = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros() as u64;
-            let st = Command::new(&qvm_run)
-                .args(["--pass-io", "--no-autostart", vm, "true"])
-                .env("QVM_SIM_DIR", &sim.sim_dir)
-                .status()
-                .unwrap();
-            assert!(st.success());
-            let logged = last_spawn_ms(sim, vm).unwrap() * 1000;
-            logged.saturating_sub(start).div_ceil(1000)
-        })
-        .collect();
-    lags.sort_unstable();
-    lags[lags.len() / 2]
-}
-
-/// Unix time in ms of the last `qvm-run` the simulator logged for `vm`.
-fn last_spawn_ms(sim: &Sim, vm: &str) -> Option<u64> {
-    let log = fs::read_to_string(sim.sim_dir.join("spawns.log")).ok()?;
-    log.lines().rev().find_map(|l| {
-        let mut f = l.split(' ');
-        let t = f.next()?;
-        (f.next()? == vm).then(|| t.parse().ok()).flatten()
-    })
+/// When dom0 last polled `vm` (Unix ms), from the daemon's status file.
+fn last_poll_ms(sim: &Sim, vm: &str) -> Option<u64> {
+    let status = fs::read_to_string(sim.dom0.join("run/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("vm ") && l.contains(&format!(" name={vm} ")))?;
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("last_poll_ms="))?
+        .parse()
+        .ok()
 }
 
 /// Sleeps until `phase_ms` after a poll of `vm` (polls come every `interval_ms`), at
-/// least a few ms from now so the phase is met, not overshot.
-fn sleep_until_phase(sim: &Sim, vm: &str, interval_ms: u64, phase_ms: u64, log_lag_ms: u64) {
+/// least a few ms from now so the phase is met, not overshot. The poll time is the one
+/// dom0 records as it opens the channel; the status file shows it within
+/// STATUS_MIN_INTERVAL, so a stale one (older than the simulator's last spawn for the
+/// VM) is waited out first.
+fn sleep_until_phase(sim: &Sim, vm: &str, interval_ms: u64, phase_ms: u64) {
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64
     };
-    // The log line is written a little after dom0 started the poll: go back by that lag
-    // so the phases are measured from the poll itself.
-    let last = last_spawn_ms(sim, vm).expect("the simulator logged no poll") - log_lag_ms;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let last = loop {
+        let poll = last_poll_ms(sim, vm).unwrap_or(0);
+        if now().saturating_sub(poll) < interval_ms || Instant::now() > deadline {
+            break poll;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(last > 0, "the daemon recorded no poll of {vm}");
     let mut at = last + phase_ms;
     while at < now() + 5 {
         at += interval_ms;

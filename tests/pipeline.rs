@@ -481,6 +481,26 @@ fn status_and_check_config_report_the_daemon() {
         let out = sim.dom0_cmd(&["status"], b"");
         code(&out) == 0 && stdout(&out).contains("work") && stdout(&out).contains("dev")
     }));
+    // The status file records when dom0 last opened a channel to each VM, before the
+    // agent answered it.
+    let field = |line: &str, key: &str| -> u64 {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(wait_for(Duration::from_secs(5), || {
+        let status = fs::read_to_string(sim.dom0.join("run/status")).unwrap_or_default();
+        let Some(line) = status.lines().find(|l| l.contains(" name=work ")) else {
+            return false;
+        };
+        let (poll, session) = (field(line, "last_poll_ms"), field(line, "last_session_ms"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        poll > 0 && session > 0 && now.saturating_sub(poll) < 60_000 && poll <= session
+    }));
     let out = sim.dom0_cmd(&["keys"], b"");
     let text = stdout(&out);
     assert!(text.contains("work") && text.contains("dev"), "{text}");

@@ -172,6 +172,9 @@ struct JobCtl {
 #[derive(Default)]
 struct Stats {
     connected: bool,
+    /// When dom0 last opened a channel to the VM (a poll, in poll mode), in Unix ms.
+    last_poll_ms: u64,
+    /// When the VM's agent last answered (its HELLO), in Unix ms.
     last_session_ms: u64,
     done: u64,
     refused: u64,
@@ -641,6 +644,8 @@ fn session(shared: &Arc<Shared>, vm: &Arc<Vm>) -> SessionEnd {
     let Some(key) = load_key(shared, vm) else {
         return SessionEnd::NoKey;
     };
+    lock(&vm.stats).last_poll_ms = time::unix_now_ms();
+    shared.status_dirty.store(true, Ordering::SeqCst);
     let mut child = match spawn_agent(shared, vm) {
         Ok(c) => c,
         Err(e) => {
@@ -1533,9 +1538,10 @@ fn write_status(shared: &Shared, vms: &[Arc<Vm>]) {
         let st = lock(&vm.stats);
         let held = vm.store.held_ids().map_or(0, |v| v.len());
         text.push_str(&format!(
-            "vm name={} connected={} last_session_ms={} sessions={} done={} refused={} queued={} running={} unacked={} key={}\n",
+            "vm name={} connected={} last_poll_ms={} last_session_ms={} sessions={} done={} refused={} queued={} running={} unacked={} key={}\n",
             vm.name,
             st.connected,
+            st.last_poll_ms,
             st.last_session_ms,
             st.sessions,
             st.done,
