@@ -26,8 +26,18 @@ pub enum Durability {
 }
 
 /// Creates `path` (which must not exist, not even as a symlink) with mode 0600 and
-/// writes `bytes` to it.
+/// writes `bytes` to it. With [`Durability::Synced`] the file is fsynced; its directory
+/// entry is the caller's to sync ([`sync_dir`]), as several entries may share one.
 pub fn create_new(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let f = create_written(path, bytes)?;
+    if durability == Durability::Synced {
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The open and write of [`create_new`], handing back the file.
+fn create_written(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -35,10 +45,12 @@ pub fn create_new(path: &Path, bytes: &[u8], durability: Durability) -> io::Resu
         .custom_flags(crate::sys::O_NOFOLLOW)
         .open(path)?;
     f.write_all(bytes)?;
-    if durability == Durability::Synced {
-        f.sync_all()?;
-    }
-    Ok(())
+    Ok(f)
+}
+
+/// fsyncs a directory, making the entries created, renamed or removed in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Writes `dir/name` atomically: `dir/tmp` is removed if a stale one is there, created
@@ -61,7 +73,7 @@ pub fn write_atomic(
         return Err(e);
     }
     if durability == Durability::Synced {
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
 }
@@ -81,14 +93,7 @@ pub fn write_atomic_visible_early(
 ) -> io::Result<()> {
     let tmp_path = dir.join(tmp);
     remove_if_present(&tmp_path)?;
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&tmp_path)
-        .and_then(|mut f| f.write_all(bytes).map(|()| f));
-    let file = match written {
+    let file = match create_written(&tmp_path, bytes) {
         Ok(f) => f,
         Err(e) => {
             let _ = fs::remove_file(&tmp_path);
@@ -101,7 +106,7 @@ pub fn write_atomic_visible_early(
     }
     visible();
     file.sync_all()?;
-    File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
 /// Replaces `path` atomically with `bytes`, through `.<name>.<pid>.tmp` beside it (the
@@ -135,11 +140,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn temp(name: &str) -> PathBuf {
-        let p =
-            std::env::temp_dir().join(format!("qvm-remote-atomic-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir(&p).unwrap();
-        p
+        crate::testutil::temp_dir(&format!("atomic-{name}"))
     }
 
     #[test]

@@ -692,14 +692,7 @@ mod tests {
     }
 
     fn temp(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "qvm-audit-{tag}-{}-{}",
-            std::process::id(),
-            crate::time::unix_now_ms()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::testutil::temp_dir(&format!("audit-{tag}"))
     }
 
     fn verify_path(p: &Path, look_for: Option<&str>) -> Result<Verified, VerifyError> {

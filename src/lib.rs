@@ -25,3 +25,6 @@ pub mod sys;
 pub mod time;
 pub mod version;
 pub mod vm;
+
+#[cfg(test)]
+mod testutil;

@@ -1423,12 +1423,7 @@ mod tests {
     #[test]
     fn the_file_is_bounded_private_and_text() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!(
-            "qvm-policy-{}-{}",
-            std::process::id(),
-            crate::time::unix_now_ms()
-        ));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::temp_dir("policy");
         let path = dir.join("remote-policy");
         let write = |bytes: &[u8], mode: u32| {
             let _ = fs::remove_file(&path);

@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -329,22 +329,14 @@ pub fn decide(run_dir: &Path, id: &CommandId, verdict: Verdict) -> Result<Record
     let dir = run_dir.join(APPROVALS_DIR);
     private_dir(&dir)?;
     let path = dir.join(id.as_str());
-    let mut f = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(crate::sys::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(f) => f,
+    let text = format!("{}\n", verdict.word());
+    match atomic::create_new(&path, text.as_bytes(), Durability::Buffered) {
+        Ok(()) => Ok(rec),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(ApprovalError::AlreadyDecided(id.clone()))
+            Err(ApprovalError::AlreadyDecided(id.clone()))
         }
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    f.write_all(format!("{}\n", verdict.word()).as_bytes())
-        .map_err(io_err(&path))?;
-    Ok(rec)
+        Err(e) => Err(io_err(&path)(e)),
+    }
 }
 
 /// Whether the pending record of `id` still exists (the daemon has not acted yet).
@@ -357,13 +349,7 @@ mod tests {
     use super::*;
 
     fn run_dir() -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "qvm-approval-{}-{}",
-            std::process::id(),
-            crate::time::unix_now_ms()
-        ));
-        fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
-        p
+        crate::testutil::temp_dir("approval")
     }
 
     #[test]

@@ -257,13 +257,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn run_dir() -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "qvm-devmode-{}-{}",
-            std::process::id(),
-            crate::time::unix_now_ms()
-        ));
-        fs::create_dir_all(&p).unwrap();
-        p
+        crate::testutil::temp_dir("devmode")
     }
 
     #[test]

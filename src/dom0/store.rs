@@ -9,6 +9,7 @@
 //!   durable (file and directory fsynced) before the job can run. Cleared when the
 //!   agent ACKs the result. After a crash, an entry without a held result becomes an
 //!   `interrupted` result and is never run again.
+//! - `held/<id>.result`: a result not yet ACKed, sent again at the VM's next session.
 //!
 //! Durability of an accepted id. From acceptance on, the id is durable in the journal
 //! or in `seen/` or in both: the `seen/` entry is only fsynced ([`VmStore::seal_seen`])
@@ -16,14 +17,13 @@
 //! journalled id. Until then the durable journal entry stands for it (a crash that loses
 //! the `seen/` entry keeps the journal entry, and recovery seals it). That takes two of
 //! the four fsyncs off the path between a job's arrival and its execution.
-//! - `held/<id>.result`: a result not yet ACKed, sent again at the VM's next session.
 //!
 //! Order on ACK: journal first, then the held result, so a crash in between leaves a
 //! held result (sent again, harmless) and never a journal entry whose real result is
 //! gone (which would turn a finished job into `interrupted`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -66,7 +66,15 @@ impl VmStore {
 
     /// Journals `id` as accepted. `Ok(false)` if it was journalled already.
     pub fn journal_start(&self, id: &CommandId) -> io::Result<bool> {
-        create_durable(&self.journal, id.as_str(), b"started\n")
+        if !created(atomic::create_new(
+            &self.journal.join(id.as_str()),
+            b"started\n",
+            Durability::Synced,
+        ))? {
+            return Ok(false);
+        }
+        atomic::sync_dir(&self.journal)?;
+        Ok(true)
     }
 
     /// Notes in `id`'s journal entry the pid and start time of its running process, so
@@ -113,17 +121,11 @@ impl VmStore {
     /// is not fsynced: `id` must be journalled first, which keeps it durable until
     /// [`VmStore::seal_seen`] (see the module notes).
     pub fn mark_seen(&self, id: &CommandId) -> io::Result<bool> {
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(crate::sys::O_NOFOLLOW)
-            .open(self.seen.join(id.as_str()))
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        }
+        created(atomic::create_new(
+            &self.seen.join(id.as_str()),
+            b"",
+            Durability::Buffered,
+        ))
     }
 
     /// Makes `id`'s replay entry durable, creating it if it is missing (after a crash
@@ -133,11 +135,11 @@ impl VmStore {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
+            .mode(atomic::FILE_MODE)
             .custom_flags(crate::sys::O_NOFOLLOW)
             .open(self.seen.join(id.as_str()))?;
         f.sync_all()?;
-        sync_dir(&self.seen)
+        atomic::sync_dir(&self.seen)
     }
 
     /// True if `id` is journalled.
@@ -188,18 +190,18 @@ impl VmStore {
         }
         // The journal entry is what kept the id durable so far (see the module notes).
         self.seal_seen(id)?;
-        remove_if_exists(&self.journal.join(id.as_str()))?;
-        sync_dir(&self.journal)?;
-        remove_if_exists(&held)?;
-        sync_dir(&self.held)?;
+        atomic::remove_if_present(&self.journal.join(id.as_str()))?;
+        atomic::sync_dir(&self.journal)?;
+        atomic::remove_if_present(&held)?;
+        atomic::sync_dir(&self.held)?;
         Ok(true)
     }
 
     /// Removes a journal entry that never became a job (a replay caught after it was
     /// journalled).
     pub fn unjournal(&self, id: &CommandId) -> io::Result<()> {
-        remove_if_exists(&self.journal.join(id.as_str()))?;
-        sync_dir(&self.journal)
+        atomic::remove_if_present(&self.journal.join(id.as_str()))?;
+        atomic::sync_dir(&self.journal)
     }
 
     /// Drops replay entries older than `age`; returns how many.
@@ -224,31 +226,12 @@ impl VmStore {
     }
 }
 
-fn create_durable(dir: &Path, name: &str, content: &[u8]) -> io::Result<bool> {
-    let mut f = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dir.join(name))
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    f.write_all(content)?;
-    f.sync_all()?;
-    sync_dir(dir)?;
-    Ok(true)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn remove_if_exists(p: &Path) -> io::Result<()> {
-    match fs::remove_file(p) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// `Ok(true)` for a file [`atomic::create_new`] made, `Ok(false)` if one was there.
+fn created(made: io::Result<()>) -> io::Result<bool> {
+    match made {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -273,17 +256,7 @@ mod tests {
     use super::*;
 
     fn tmp() -> PathBuf {
-        // Tests run in parallel threads of one process: the counter keeps their dirs
-        // apart even when they start in the same millisecond.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "qvm-store-{}-{}-{n}",
-            std::process::id(),
-            crate::time::unix_now_ms()
-        ));
-        fs::create_dir_all(&p).unwrap();
-        p
+        crate::testutil::temp_dir("store")
     }
 
     #[test]

@@ -216,11 +216,7 @@ mod tests {
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn temp(name: &str) -> PathBuf {
-        let p =
-            std::env::temp_dir().join(format!("qvm-remote-files-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir(&p).unwrap();
-        p
+        crate::testutil::temp_dir(&format!("files-{name}"))
     }
 
     #[test]
