@@ -646,11 +646,13 @@ where
     F: FnOnce() -> T + Send + 'scope,
     T: Send + 'scope,
 {
-    let signal = Finished(finished.clone());
+    // The guard is made inside the thread, so only a thread that runs ever signals:
+    // the drain counts exactly the threads it started.
+    let finished = finished.clone();
     match thread::Builder::new()
         .name(format!("job-{name}"))
         .spawn_scoped(scope, move || {
-            let _signal = signal;
+            let _signal = Finished(finished);
             body()
         }) {
         Ok(handle) => Some(handle),
