@@ -132,35 +132,33 @@ fn started(task: &super::super::tasks::Task) -> Result<Reply, ApiError> {
 
 fn dom0(ctx: &Ctx, call: &Call) -> Result<Reply, ApiError> {
     let argv = call.list("argv").to_vec();
-    if let Some(why) = danger(&argv) {
-        if !call.flag("confirm") {
-            return Err(ApiError::needs_confirmation(&why));
-        }
-    }
-    let task = ctx.tasks.start(TaskSpec {
-        kind: "exec",
-        title: format!("dom0: {}", argv.join(" ")),
-        argv,
-        stdin: Vec::new(),
-        timeout: Duration::from_secs(call.uint("timeout").unwrap_or(DEFAULT_TIMEOUT)),
-        watched: true,
-    })?;
-    started(&task)
+    require_confirmation(call, &argv)?;
+    let title = format!("dom0: {}", argv.join(" "));
+    start_exec(ctx, call, title, argv)
 }
 
 fn vm(ctx: &Ctx, call: &Call) -> Result<Reply, ApiError> {
     let vm = call.text("vm");
     let cmd = call.list("argv").to_vec();
-    if let Some(why) = danger(&cmd) {
-        if !call.flag("confirm") {
-            return Err(ApiError::needs_confirmation(&why));
-        }
-    }
+    require_confirmation(call, &cmd)?;
     let user = call.str("user").unwrap_or(&ctx.cfg.vm_user).to_string();
     let argv = qubes::qvm_run_argv(ctx, vm, Some(&user), call.flag("autostart"), &cmd);
+    start_exec(ctx, call, format!("{vm}: {}", cmd.join(" ")), argv)
+}
+
+/// A dangerous program runs only with `confirm` set, wherever it runs.
+fn require_confirmation(call: &Call, cmd: &[String]) -> Result<(), ApiError> {
+    match danger(cmd) {
+        Some(why) if !call.flag("confirm") => Err(ApiError::needs_confirmation(&why)),
+        _ => Ok(()),
+    }
+}
+
+/// Starts `argv` as a watched background task with the call's timeout.
+fn start_exec(ctx: &Ctx, call: &Call, title: String, argv: Vec<String>) -> Result<Reply, ApiError> {
     let task = ctx.tasks.start(TaskSpec {
         kind: "exec",
-        title: format!("{vm}: {}", cmd.join(" ")),
+        title,
         argv,
         stdin: Vec::new(),
         timeout: Duration::from_secs(call.uint("timeout").unwrap_or(DEFAULT_TIMEOUT)),
