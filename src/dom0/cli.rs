@@ -386,9 +386,12 @@ fn check_config(path: &Path) -> Result<(), CliError> {
 
 fn status(cfg: &Config) -> Result<(), CliError> {
     let path = daemon::status_path(&cfg.run_dir);
-    let text = fs::read_to_string(&path).map_err(|e| {
-        CliError::Failed(format!("{}: {e} (is the daemon running?)", path.display()))
-    })?;
+    let mut text = String::new();
+    fs::File::open(&path)
+        .and_then(|f| f.take(daemon::MAX_STATUS_FILE).read_to_string(&mut text))
+        .map_err(|e| {
+            CliError::Failed(format!("{}: {e} (is the daemon running?)", path.display()))
+        })?;
     let mut alive = false;
     for line in text.lines().take(1 + config::MAX_VMS) {
         let fields: Vec<(&str, &str)> = line

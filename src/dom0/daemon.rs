@@ -1561,6 +1561,10 @@ fn write_status(shared: &Shared, vms: &[Arc<Vm>]) {
     );
 }
 
+/// Most bytes `status` reads of the status file: a daemon line and one line (well under
+/// 1 KiB) per VM, for up to `config::MAX_VMS` VMs.
+pub const MAX_STATUS_FILE: u64 = 1024 * (1 + crate::config::MAX_VMS as u64);
+
 /// The status file's path for `run_dir`.
 pub fn status_path(run_dir: &std::path::Path) -> PathBuf {
     run_dir.join("status")

@@ -55,6 +55,8 @@ pub const MAX_EVENT_STREAMS: usize = 3;
 /// The file in the run dir where a running panel records `pid port`, so that
 /// `panel url` prints the port actually bound.
 pub const ADDR_FILE: &str = "panel-addr";
+/// Most bytes read of the address file (`<pid> <port>` and a newline).
+const MAX_ADDR_FILE: u64 = 64;
 /// How long shutdown waits for killed tasks to be reaped.
 pub const TASK_KILL_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 /// Default directory of the Files tab's dom0 side.
@@ -309,10 +311,13 @@ fn write_private(path: &Path, text: &str) -> io::Result<()> {
 
 /// The port of the running panel (from its address file), else the configured one.
 fn running_port(cfg: &Config) -> u16 {
-    let from_file = fs::read_to_string(cfg.run_dir.join(ADDR_FILE))
+    use std::io::Read;
+    let mut text = String::new();
+    let from_file = fs::File::open(cfg.run_dir.join(ADDR_FILE))
+        .and_then(|f| f.take(MAX_ADDR_FILE).read_to_string(&mut text))
         .ok()
-        .and_then(|t| {
-            let mut it = t.split_whitespace();
+        .and_then(|_| {
+            let mut it = text.split_whitespace();
             let pid: i32 = it.next()?.parse().ok()?;
             let port: u16 = it.next()?.parse().ok()?;
             crate::sys::process_alive(pid).then_some(port)
