@@ -34,11 +34,13 @@
 //! cannot reach a stranger. The sweep signals through a pidfd opened before re-checking
 //! the session, for the same reason. Only then is the main process reaped.
 //!
-//! Known limitation: a process that calls `setsid()` itself leaves both the job's group
-//! and its session, and is neither killed nor found. It cannot hold `run` hostage: the
-//! pipe threads stop [`OUTPUT_DRAIN_LIMIT`] after the job was killed, flag the stream as
-//! truncated (its end was never seen) and close their pipe ends. Confining such escapes
-//! needs a cgroup per job (a systemd scope), which is future work.
+//! A process that calls `setsid()` itself leaves both the job's group and its session.
+//! When the spec carries [`ExecSpec::cgroups`], the job runs in a cgroup of its own
+//! ([`crate::cgroup`]), which no process leaves by changing its session: once the group
+//! kill and the sweep are done, `cgroup.kill` ends whatever is left. Without a cgroup
+//! (not root, no cgroup v2) such an escape survives the job, but it cannot hold `run`
+//! hostage: the pipe threads stop [`OUTPUT_DRAIN_LIMIT`] after the job was killed, flag
+//! the stream as truncated (its end was never seen) and close their pipe ends.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -53,6 +55,7 @@ use std::sync::mpsc;
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cgroup::{JobCgroup, JobCgroups};
 use crate::sys::{self, PidFd, Readiness, Signal};
 
 /// `PATH` of every job (DESIGN §5).
@@ -159,6 +162,11 @@ pub struct ExecSpec<'a> {
     /// `Some(argv)`: run `argv[0]` with the remaining words as arguments, with no shell.
     /// `None`: run the shell on the script.
     pub argv: Option<&'a [String]>,
+    /// `Some`: start the job in a cgroup of its own below this one and kill everything
+    /// in it when the job ends ([`cgroup`]); a cgroup that cannot be made or entered
+    /// fails the job before anything runs. `None`: the group kill and the session sweep
+    /// alone.
+    pub cgroups: Option<&'a JobCgroups>,
 }
 
 /// How the job's main process ended.
@@ -240,6 +248,13 @@ pub enum ExecError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The job's cgroup could not be created; nothing ran.
+    Cgroup {
+        /// The cgroup under which it was to be made.
+        base: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// A thread to feed or read the job's pipes could not be started; the job was killed.
     Thread(io::Error),
     /// Waiting for the job's main process failed.
@@ -292,6 +307,13 @@ impl fmt::Display for ExecError {
             ExecError::Spawn { program, source } => {
                 write!(f, "cannot start {}: {source}", program.display())
             }
+            ExecError::Cgroup { base, source } => {
+                write!(
+                    f,
+                    "cannot create the job's cgroup in {}: {source}",
+                    base.display()
+                )
+            }
             ExecError::Thread(source) => {
                 write!(
                     f,
@@ -314,6 +336,7 @@ impl std::error::Error for ExecError {
             ExecError::JobDir { source, .. }
             | ExecError::Script { source, .. }
             | ExecError::Spawn { source, .. }
+            | ExecError::Cgroup { source, .. }
             | ExecError::Output { source, .. } => Some(source),
             ExecError::Thread(source) | ExecError::Wait(source) | ExecError::Stdin(source) => {
                 Some(source)
@@ -360,14 +383,29 @@ pub fn run_observed(
     if cancel.load(Ordering::SeqCst) {
         return Err(ExecError::CancelledBeforeStart);
     }
+    // Dropped after the main process is reaped: it kills what is left in the cgroup
+    // and removes it, on every path out of this function.
+    let cgroup = match spec.cgroups {
+        Some(cgroups) => {
+            let cgroup_error = |source| ExecError::Cgroup {
+                base: cgroups.base().to_path_buf(),
+                source,
+            };
+            let cgroup = JobCgroup::create(cgroups, spec.id).map_err(cgroup_error)?;
+            sys::enter_cgroup_on_exec(&mut command, cgroup.procs_fd().map_err(cgroup_error)?);
+            Some(cgroup)
+        }
+        None => None,
+    };
     let started_unix_ms = unix_millis_now();
     let started = Instant::now();
     let mut child = command
         .spawn()
         .map_err(|source| ExecError::Spawn { program, source })?;
     on_spawn(child.id());
-    let supervised = supervise(&mut child, spec, cancel, on_chunk, started);
+    let supervised = supervise(&mut child, spec, cancel, on_chunk, started, cgroup.as_ref());
     let status = child.wait();
+    drop(cgroup);
     let supervised = supervised?;
     let status = status.map_err(ExecError::Wait)?;
     drop(job_dir);
@@ -551,6 +589,7 @@ fn supervise(
     cancel: &AtomicBool,
     on_chunk: &(dyn Fn(Stream, &[u8]) + Sync),
     started: Instant,
+    cgroup: Option<&JobCgroup>,
 ) -> Result<Supervised, ExecError> {
     let Ok(pid) = i32::try_from(child.id()) else {
         // Cannot happen (pids are positive i32s); if it did, the group could not be
@@ -599,6 +638,11 @@ fn supervise(
             // and session. If waiting failed, the child may already have been reaped by
             // someone else and the number may be reused: then nothing is signalled.
             end_job(pid);
+        }
+        // The cgroup names no pid, so it is safe to kill whatever the watch ended with;
+        // this catches what left the session and would otherwise hold the pipes open.
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
         }
         let drain_deadline = Instant::now() + OUTPUT_DRAIN_LIMIT;
         let mut running = usize::from(writer.is_some()) + readers.iter().flatten().count();

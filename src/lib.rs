@@ -10,6 +10,7 @@
 pub mod args;
 pub mod atomic;
 pub mod audit;
+pub mod cgroup;
 pub mod config;
 pub mod dom0;
 pub mod exec;

@@ -6,12 +6,14 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use qvm_remote::cgroup::{self, JobCgroup, JobCgroups};
 use qvm_remote::exec::{
     self, Ending, ExecError, ExecOutcome, ExecSpec, Stream, Termination, DEFAULT_MAX_OUTPUT,
     DEFAULT_PATH, OUTPUT_DRAIN_LIMIT,
@@ -74,6 +76,7 @@ struct Job {
     kill_grace: Duration,
     argv: Option<Vec<String>>,
     shell: PathBuf,
+    cgroups: Option<JobCgroups>,
 }
 
 fn script(body: &str) -> Job {
@@ -85,6 +88,7 @@ fn script(body: &str) -> Job {
         kill_grace: Duration::from_secs(1),
         argv: None,
         shell: PathBuf::from(SHELL),
+        cgroups: None,
     }
 }
 
@@ -115,6 +119,7 @@ impl Job {
             max_output: self.max_output,
             kill_grace: self.kill_grace,
             argv: self.argv.as_deref(),
+            cgroups: self.cgroups.as_ref(),
         }
     }
 
@@ -607,6 +612,91 @@ fn a_setsid_escape_does_not_hold_run_hostage() {
     assert!(eventually(
         || !matches!(proc_stat(escaped), Some((s, _, sid)) if sid == escaped && is_live(s))
     ));
+}
+
+/// Job cgroups where this system allows them (root on cgroup v2); otherwise the test
+/// that needs them says why it is skipped.
+fn job_cgroups(test: &str) -> Option<JobCgroups> {
+    match cgroup::discover() {
+        Ok(found) => Some(found),
+        Err(why) => {
+            eprintln!("{test}: skipped: no job cgroups here: {why}");
+            None
+        }
+    }
+}
+
+/// The job that escapes its session and group: it prints the escaped process's pid.
+const SETSID_ESCAPE: &str = "setsid sh -c 'echo $$ > \"$0\"; exec sleep 300' \"$PWD/pid\" &
+     while [ ! -s pid ]; do sleep 0.01; done; cat pid";
+
+#[test]
+fn a_setsid_escape_dies_with_the_job_cgroup() {
+    let Some(cgroups) = job_cgroups("a_setsid_escape_dies_with_the_job_cgroup") else {
+        return;
+    };
+    let mut job = script(SETSID_ESCAPE);
+    job.cgroups = Some(cgroups.clone());
+    let ran = job.run();
+    let escaped = pids_in(&ran.outcome.stdout)[0];
+    assert_eq!(ran.outcome.termination, Termination::Exited(0));
+    // The escape held stdout open; killed with the cgroup, it no longer does, so the
+    // end of stdout is seen and the drain does not wait out its limit.
+    assert!(
+        !ran.outcome.stdout_truncated,
+        "the escape still held stdout open"
+    );
+    assert!(ran.elapsed < OUTPUT_DRAIN_LIMIT, "{:?}", ran.elapsed);
+    assert!(
+        !matches!(proc_stat(escaped), Some((s, _, _)) if is_live(s)),
+        "the escaped process {escaped} outlived its job"
+    );
+    let dir = cgroups
+        .base()
+        .join(format!("{}{}", cgroup::JOB_PREFIX, ran.id));
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
+
+#[test]
+fn a_setsid_escape_dies_with_a_timed_out_job_cgroup() {
+    let Some(cgroups) = job_cgroups("a_setsid_escape_dies_with_a_timed_out_job_cgroup") else {
+        return;
+    };
+    let mut job = script(&format!("{SETSID_ESCAPE}; sleep 30"));
+    job.cgroups = Some(cgroups);
+    job.timeout = Duration::from_secs(1);
+    let ran = job.run();
+    assert_eq!(ran.outcome.ending, Ending::TimedOut);
+    let escaped = pids_in(&ran.outcome.stdout)[0];
+    assert!(
+        !matches!(proc_stat(escaped), Some((s, _, _)) if is_live(s)),
+        "the escaped process {escaped} outlived its job"
+    );
+}
+
+#[test]
+fn a_job_cgroup_left_by_a_crash_is_emptied_and_removed() {
+    let Some(cgroups) = job_cgroups("a_job_cgroup_left_by_a_crash_is_emptied_and_removed") else {
+        return;
+    };
+    let id = new_id();
+    let cgroup = JobCgroup::create(&cgroups, &id).unwrap();
+    // A process in its own session, as a job's escape would be.
+    let mut command = Command::new("sleep");
+    command.arg("300");
+    sys::sandbox_command(&mut command, 0o077);
+    sys::enter_cgroup_on_exec(&mut command, cgroup.procs_fd().unwrap());
+    let mut child = command.spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    // The daemon dies here: nobody drops the cgroup.
+    std::mem::forget(cgroup);
+    let dir = cgroups.base().join(format!("{}{id}", cgroup::JOB_PREFIX));
+    assert!(dir.is_dir());
+    assert_eq!(cgroup::kill_leftover(&cgroups, &id), 1);
+    assert_eq!(child.wait().unwrap().signal(), Some(9), "pid {pid}");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    // Nothing is left to find a second time.
+    assert_eq!(cgroup::kill_leftover(&cgroups, &id), 0);
 }
 
 #[test]

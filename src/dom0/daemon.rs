@@ -34,6 +34,7 @@ use super::sched::{QueueError, Scheduler};
 use super::store::{VmStore, MAX_HELD_PER_VM};
 use crate::atomic::{self, Durability};
 use crate::audit::{AuditLog, Echo};
+use crate::cgroup::JobCgroups;
 use crate::config::{Config, Mode};
 use crate::exec::{self, Ending, ExecSpec, Stream, Termination};
 use crate::id::CommandId;
@@ -137,6 +138,8 @@ struct Shared {
     /// Something `status` shows has changed: the main loop rewrites the status file
     /// soon, instead of at its next periodic refresh.
     status_dirty: AtomicBool,
+    /// Where jobs get a cgroup of their own, when this system allows it.
+    cgroups: Option<JobCgroups>,
 }
 
 /// A job waiting for `qvm-remote-dom0 approve|deny ID`.
@@ -318,6 +321,11 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     approval::clear(&cfg.run_dir);
     let sched = Scheduler::start(cfg.max_concurrent).map_err(setup("worker pool"))?;
     let gate = Gate::new(&cfg.policy, &cfg.run_dir);
+    let cgroups = crate::cgroup::discover();
+    let (containment, no_cgroup) = match &cgroups {
+        Ok(found) => (format!("cgroup:{}", found.base().display()), None),
+        Err(why) => ("session".to_string(), Some(why.to_string())),
+    };
     let shared = Arc::new(Shared {
         cfg,
         opts,
@@ -327,21 +335,25 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         gate,
         parked: Mutex::new(Vec::new()),
         status_dirty: AtomicBool::new(false),
+        cgroups: cgroups.ok(),
     });
     let mode = match (shared.cfg.mode, shared.opts.once) {
         (_, true) => "once",
         (Mode::Poll, _) => "poll",
         (Mode::Stream, _) => "stream",
     };
-    shared.log.event(
-        "START",
-        &[
-            ("version", crate::version::VERSION),
-            ("mode", mode),
-            ("vms", &names.join(",")),
-            ("dry_run", if shared.opts.dry_run { "yes" } else { "no" }),
-        ],
-    );
+    let vm_list = names.join(",");
+    let mut start = vec![
+        ("version", crate::version::VERSION),
+        ("mode", mode),
+        ("vms", &vm_list),
+        ("dry_run", if shared.opts.dry_run { "yes" } else { "no" }),
+        ("containment", &containment),
+    ];
+    if let Some(why) = &no_cgroup {
+        start.push(("no_cgroup", why));
+    }
+    shared.log.event("START", &start);
     let mut vms = Vec::new();
     for name in &names {
         let store = VmStore::open(&shared.cfg.state_dir, name)
@@ -454,18 +466,23 @@ fn recover(shared: &Shared, vm: &Vm) {
         // A job that was running when the daemon died is still running: kill what is
         // left of it before reporting it interrupted, so no root process outlives its
         // daemon.
+        // The job's cgroup first: it names no pid, and holds what left the session. It
+        // may exist even when the daemon died before it could note the job's pid.
+        let mut killed = shared.cgroups.as_ref().map_or(0, |cgroups| {
+            crate::cgroup::kill_leftover(cgroups, id.as_str())
+        });
         if let Some((pid, start)) = vm.store.journalled_pid(&id) {
-            let killed = exec::kill_leftovers(pid, start);
-            if killed > 0 {
-                shared.log.event(
-                    "KILLED",
-                    &[
-                        ("vm", &vm.name),
-                        ("id", id.as_str()),
-                        ("processes", &killed.to_string()),
-                    ],
-                );
-            }
+            killed += exec::kill_leftovers(pid, start);
+        }
+        if killed > 0 {
+            shared.log.event(
+                "KILLED",
+                &[
+                    ("vm", &vm.name),
+                    ("id", id.as_str()),
+                    ("processes", &killed.to_string()),
+                ],
+            );
         }
         let r = JobResult::refusal(
             id.clone(),
@@ -1380,6 +1397,7 @@ fn execute(
         max_output: shared.cfg.max_output,
         kill_grace: exec::KILL_GRACE,
         argv,
+        cgroups: shared.cgroups.as_ref(),
     };
     // Live output (stream mode). Once one chunk of this job cannot be queued, the job
     // streams nothing more: what the client saw is then a prefix of each output, and
