@@ -546,3 +546,56 @@ fn bad_names_and_symlinks_in_the_queue_are_never_sent() {
         .collect();
     assert!(rejected.iter().any(|n| n.contains("bad")), "{rejected:?}");
 }
+
+#[test]
+fn a_job_frame_with_an_unparsable_header_is_answered_and_ends_the_session() {
+    // DESIGN §4: a job whose header cannot be parsed is a protocol violation, and §3:
+    // every job gets a result. A scripted agent sends one such job that still names its
+    // id, then keeps its end of the channel open and records what dom0 says.
+    let mut sim = Sim::new(&["work"]);
+    sim.set("QVM_REMOTE_MODE", "stream");
+    let home = sim.vm_home("work");
+    let id = "20261204-153000-4242-00000000000000aa";
+    let job = format!("qvm-remote-job 2\nid {id}\ncreated soon\n\nbody");
+    let job_file = sim.sim_dir.join("bin/broken-job");
+    fs::write(&job_file, &job).unwrap();
+    fs::set_permissions(&job_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let script = sim.sim_dir.join("bin/broken-agent");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nprintf 'HELLO 1\\n2JOB {}\\n'\ncat {}\nexec cat >> \"$HOME/dom0-said\"\n",
+            job.len(),
+            job_file.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        sim.sim_dir.join("vms/work/agent"),
+        format!("{}\n", script.display()),
+    )
+    .unwrap();
+    sim.start_daemon();
+    // Sessions end at once and come back after a backoff: 0.5 s, then 1 s, …
+    assert!(
+        wait_for(Duration::from_secs(10), || sim.spawns("work") >= 2),
+        "the session did not end: {}",
+        sim.log_text()
+    );
+    sim.stop_daemon();
+    let log = sim.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" PROTO ") && l.contains("vm=work") && l.contains("created")),
+        "{log}"
+    );
+    let said = fs::read(home.join("dom0-said")).unwrap();
+    let said = String::from_utf8_lossy(&said);
+    assert!(said.starts_with("RESULT "), "{said}");
+    assert!(
+        said.contains(&format!("\nid {id}\nstatus rejected\n")),
+        "{said}"
+    );
+    assert!(said.contains("\nreason malformed job: created\n"), "{said}");
+}

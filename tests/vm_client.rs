@@ -218,10 +218,7 @@ fn exit_codes_follow_the_design_table() {
         if status == Status::Done {
             assert_eq!(err, "err\n");
         } else {
-            assert!(
-                err.contains(&format!("qvm-remote: {status}: {reason}")),
-                "{err}"
-            );
+            assert!(err.ends_with(&format!("\nqvm-remote: {reason}\n")), "{err}");
         }
     }
 }
@@ -897,6 +894,14 @@ fn agent_never_sends_bad_entries_and_moves_them_to_rejected() {
     // A directory named like a job.
     let dir_job = new_job(b"z");
     fs::create_dir(home.q("pending").join(format!("{}.job", dir_job.id))).unwrap();
+    // A job whose header names its own id but cannot be parsed past it.
+    let broken = new_job(b"broken");
+    let broken_name = format!("{}.job", broken.id);
+    home.write_job(
+        "pending",
+        &broken_name,
+        format!("qvm-remote-job 2\nid {}\ncreated soon\n\nbody", broken.id).as_bytes(),
+    );
     // A job file one byte over the protocol's limit.
     let big = new_job(b"big");
     let big_name = format!("{}.job", big.id);
@@ -916,6 +921,7 @@ fn agent_never_sends_bad_entries_and_moves_them_to_rejected() {
         "notes.txt",
         mismatch_name.as_str(),
         big_name.as_str(),
+        broken_name.as_str(),
         &format!("{}.job", dir_job.id),
     ] {
         assert!(
@@ -935,18 +941,35 @@ fn agent_never_sends_bad_entries_and_moves_them_to_rejected() {
         .file_type()
         .is_symlink());
     assert_eq!(fs::read(&outside).unwrap(), target.encode(&key));
-    // Only the oversized job gets a local result, and its client can read it.
-    assert_eq!(home.names("results"), [format!("{}.result", big.id)]);
-    let out = home.run(&["result", big.id.as_str()]);
-    assert_eq!(out.status.code(), Some(126), "{out:?}");
-    assert!(
-        text(&out.stderr).contains(&format!(
-            "qvm-remote: rejected: job file too large ({} bytes)",
-            MAX_JOB_FILE + 1
-        )),
-        "{}",
-        text(&out.stderr)
-    );
+    // Every entry named for an id whose header does not name another one gets a local
+    // result saying why, and its client can read it.
+    let mut results = home.names("results");
+    results.sort();
+    let mut want: Vec<String> = [&target.id, &big.id, &broken.id, &dir_job.id]
+        .iter()
+        .map(|id| format!("{id}.result"))
+        .collect();
+    want.sort();
+    assert_eq!(results, want);
+    for (id, why) in [
+        (
+            &big.id,
+            format!("job file too large ({} bytes)", MAX_JOB_FILE + 1),
+        ),
+        (&broken.id, "malformed job: created".to_string()),
+        (
+            &dir_job.id,
+            "job entry is a directory, not a regular file".to_string(),
+        ),
+        (
+            &target.id,
+            "job entry is a symlink, not a regular file".to_string(),
+        ),
+    ] {
+        let out = home.run(&["result", id.as_str()]);
+        assert_eq!(out.status.code(), Some(126), "{out:?}");
+        assert_eq!(text(&out.stderr), format!("qvm-remote: {why}\n"));
+    }
     let log = fs::read_to_string(home.path.join("audit.log")).unwrap();
     assert!(
         log.contains("agent rejected queue/pending/bad.job"),

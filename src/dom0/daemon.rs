@@ -487,7 +487,7 @@ fn recover(shared: &Shared, vm: &Vm) {
         let r = JobResult::refusal(
             id.clone(),
             Status::Interrupted,
-            "dom0 daemon stopped while the job was queued or running; it is never run again",
+            "job interrupted: the dom0 daemon stopped while it was queued or running; it is never run again",
         );
         shared
             .log
@@ -879,8 +879,7 @@ impl Session<'_> {
         match f.kind {
             FrameType::Job => {
                 self.idle = false;
-                self.job(&f.payload);
-                Ok(())
+                self.job(&f.payload)
             }
             FrameType::Idle => {
                 self.idle = true;
@@ -960,7 +959,10 @@ impl Session<'_> {
             .send(Out::Frame(FrameType::Result, r.encode(&self.key)));
     }
 
-    fn job(&mut self, payload: &[u8]) {
+    /// Handles one `JOB` frame. A job whose header cannot be parsed is answered (when
+    /// it names an id) and then ends the session as a protocol violation (DESIGN §4): an
+    /// honest agent never sends one, since it parses each header before sending.
+    fn job(&mut self, payload: &[u8]) -> Result<(), String> {
         let (shared, vm) = (self.shared, self.vm);
         let limits = JobLimits {
             max_command: shared.cfg.max_command,
@@ -984,9 +986,20 @@ impl Session<'_> {
                         self.answer_unheld(id, Status::Rejected, &reason);
                     }
                 }
-                return;
+                if matches!(refusal.error, JobError::Malformed(_)) {
+                    return Err(format!("JOB frame: {reason}"));
+                }
+                return Ok(());
             }
         };
+        self.accept(job);
+        Ok(())
+    }
+
+    /// Takes a verified job: a duplicate of one running or answered, or a new one for
+    /// the journal, the policy and the worker pool.
+    fn accept(&mut self, job: Job) {
+        let (shared, vm) = (self.shared, self.vm);
         let id = job.id.clone();
         if lock(&vm.jobs).contains_key(&id) {
             // Still running: its result goes out when it ends (DESIGN §4).
@@ -1308,7 +1321,7 @@ fn settle(shared: &Arc<Shared>, p: Parked, o: Outcome) {
         Outcome::Cancelled if ctl.shutdown.load(Ordering::SeqCst) => JobResult::refusal(
             id,
             Status::Interrupted,
-            "dom0 daemon stopped while the job waited for approval",
+            "job interrupted: the dom0 daemon stopped while it waited for approval",
         ),
         Outcome::Cancelled => JobResult::refusal(
             id,
@@ -1463,7 +1476,7 @@ fn execute(
         ),
         Ending::Cancelled if ctl.shutdown.load(Ordering::SeqCst) => (
             Status::Interrupted,
-            "dom0 daemon stopped while the job ran".to_string(),
+            "job interrupted: the dom0 daemon stopped while it ran".to_string(),
         ),
         Ending::Cancelled => (Status::Cancelled, "cancelled by the client".to_string()),
     };

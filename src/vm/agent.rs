@@ -54,7 +54,7 @@ use crate::atomic::{self, Durability};
 use crate::id::CommandId;
 use crate::keys::Key;
 use crate::proto::frame::write_frame;
-use crate::proto::job::{self, MAX_JOB_FILE};
+use crate::proto::job::{self, JobHeader, MAX_JOB_FILE};
 use crate::proto::{self, escape_line, FrameError, FrameReader, FrameType, JobResult, Status};
 use crate::time;
 use crate::version::VERSION;
@@ -575,7 +575,9 @@ impl Scanner<'_> {
             Ok(b) => b,
             Err(ReadError::NotFound { .. }) => return None,
             Err(ReadError::NotRegular { kind, .. }) => {
-                self.reject(q, name, &format!("a {kind}, not a regular file"));
+                let why = format!("job entry is a {kind}, not a regular file");
+                self.reject(q, name, &why);
+                self.local_result(id, &why);
                 return None;
             }
             Err(ReadError::TooLarge { size, .. }) => {
@@ -594,6 +596,14 @@ impl Scanner<'_> {
         if job::peek_id(&bytes).as_ref() != Some(id) {
             // No local result: the header may name someone else's job.
             self.reject(q, name, "its header does not name the id in its file name");
+            return None;
+        }
+        // dom0 ends the session on a job whose header cannot be parsed (DESIGN §4), and
+        // this entry would be sent again at every new session: it never leaves here.
+        if let Err(e) = JobHeader::parse(&bytes) {
+            let why = e.to_string();
+            self.reject(q, name, &why);
+            self.local_result(id, &why);
             return None;
         }
         Some(bytes)

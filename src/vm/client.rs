@@ -1032,7 +1032,14 @@ fn present(
     .map_err(Error::Output)?;
     ignore_broken_pipe(console.err.write_all(rest_err)).map_err(Error::Output)?;
     if view.status != Status::Done.as_str() {
-        note(console, &format!("{}: {}", view.status, view.reason));
+        // DESIGN §5: the reason alone, as `qvm-remote: <reason>`; the status word
+        // stands in only when dom0 gave no reason.
+        let reason = if view.reason.is_empty() {
+            view.status.as_str()
+        } else {
+            view.reason.as_str()
+        };
+        note(console, reason);
     }
     if view.truncated != Truncated::None.as_str() && !view.truncated.is_empty() {
         note(
