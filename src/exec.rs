@@ -10,9 +10,11 @@
 //! - exactly six environment variables: `PATH` ([`DEFAULT_PATH`]), `HOME=/root`,
 //!   `LANG=C.UTF-8`, `TERM=dumb`, `QVM_REMOTE_VM` and `QVM_REMOTE_ID`;
 //! - stdin fed from the job's bytes through a pipe, or `/dev/null` when there are none;
-//! - the body run as `<QVM_REMOTE_SHELL> --noprofile --norc <script>`, or, when the spec
-//!   carries an argv, that argv run directly with no shell involved (the program is
-//!   looked up in [`DEFAULT_PATH`], not in the daemon's own `PATH`).
+//! - the body run as `<QVM_REMOTE_SHELL> --noprofile --norc <script>`; when the spec
+//!   carries an argv (a simple command the policy decided on), the script is
+//!   `exec -- 'argv0' 'argv1' …`, every word quoted, so the shell starts every job and
+//!   then becomes exactly that argv, expanding nothing (a bare program name is looked
+//!   up in [`DEFAULT_PATH`], not in the daemon's own `PATH`).
 //!
 //! stdout and stderr are read concurrently, each by its own thread, in chunks of up to
 //! [`CHUNK_SIZE`]; each is kept up to `max_output` bytes and drained (read and dropped)
@@ -159,8 +161,8 @@ pub struct ExecSpec<'a> {
     pub max_output: usize,
     /// Time between SIGTERM and SIGKILL; normally [`KILL_GRACE`].
     pub kill_grace: Duration,
-    /// `Some(argv)`: run `argv[0]` with the remaining words as arguments, with no shell.
-    /// `None`: run the shell on the script.
+    /// `Some(argv)`: the shell execs `argv[0]` with the remaining words as arguments,
+    /// each word taken literally (`body` is ignored). `None`: the shell runs `body`.
     pub argv: Option<&'a [String]>,
     /// `Some`: start the job in a cgroup of its own below this one and kill everything
     /// in it when the job ends ([`cgroup`]); a cgroup that cannot be made or entered
@@ -530,20 +532,14 @@ fn is_safe_id(id: &str) -> bool {
 
 /// The command for the job, set up as DESIGN §5 says, and the program name for errors.
 fn build_command(spec: &ExecSpec, job_dir: &JobDir) -> Result<(Command, PathBuf), ExecError> {
-    let (mut command, program) = match spec.argv {
-        Some(argv) => {
-            let (program, args) = argv.split_first().ok_or(ExecError::EmptyArgv)?;
-            let mut command = Command::new(program);
-            command.args(args);
-            (command, PathBuf::from(program))
-        }
-        None => {
-            let script = job_dir.write_script(spec.body)?;
-            let mut command = Command::new(spec.shell);
-            command.args(SHELL_FLAGS).arg(script);
-            (command, spec.shell.to_path_buf())
-        }
+    let script = match spec.argv {
+        Some([]) => return Err(ExecError::EmptyArgv),
+        Some(argv) => job_dir.write_script(&exec_line(argv))?,
+        None => job_dir.write_script(spec.body)?,
     };
+    let mut command = Command::new(spec.shell);
+    command.args(SHELL_FLAGS).arg(script);
+    let program = spec.shell.to_path_buf();
     // With PATH set here, std looks the program up in this PATH, not the daemon's.
     command
         .env_clear()
@@ -563,6 +559,19 @@ fn build_command(spec: &ExecSpec, job_dir: &JobDir) -> Result<(Command, PathBuf)
         .stderr(Stdio::piped());
     sys::sandbox_command(&mut command, JOB_UMASK);
     Ok((command, program))
+}
+
+/// The script that makes the shell replace itself with exactly `argv`: every word in
+/// single quotes (a quote inside one becomes `'\''`), so bash expands nothing in it.
+fn exec_line(argv: &[String]) -> Vec<u8> {
+    let mut line = b"exec --".to_vec();
+    for word in argv {
+        line.extend_from_slice(b" '");
+        line.extend_from_slice(word.replace('\'', "'\\''").as_bytes());
+        line.push(b'\'');
+    }
+    line.push(b'\n');
+    line
 }
 
 /// What one output stream produced.
@@ -1097,6 +1106,19 @@ mod tests {
         assert!(!stat(b'Z', 5).is_live_member_of(5));
         assert!(!stat(b'X', 5).is_live_member_of(5));
         assert!(!stat(b'S', 6).is_live_member_of(5));
+    }
+
+    #[test]
+    fn exec_lines_quote_every_word() {
+        let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            exec_line(&words(&["/usr/bin/qvm-ls", "--raw-data"])),
+            b"exec -- '/usr/bin/qvm-ls' '--raw-data'\n"
+        );
+        assert_eq!(
+            exec_line(&words(&["printf", "it's", "", "$x"])),
+            b"exec -- 'printf' 'it'\\''s' '' '$x'\n"
+        );
     }
 
     #[test]

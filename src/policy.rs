@@ -836,8 +836,9 @@ impl fmt::Display for ScriptWhy {
 /// How a body will run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    /// Directly, without a shell: `program` is the first word resolved, and `words` are
-    /// the words as written (what argv patterns match).
+    /// As exactly this argv (the shell execs it, every word quoted): `program` is the
+    /// first word resolved, and `words` are the words as written (what argv patterns
+    /// match).
     Simple {
         /// The words as written.
         words: Vec<String>,

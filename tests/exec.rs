@@ -261,8 +261,15 @@ fn environment_is_exactly_the_six_variables() {
     ]
     .into_iter()
     .collect();
-    // Without a shell in between, the program sees exactly what the daemon set.
-    assert_eq!(environment_of(&outcome.stdout), expected);
+    // The shell execs the program: it sees what the daemon set, plus only the two
+    // variables bash exports to every command it starts (PWD, SHLVL).
+    let seen = environment_of(&outcome.stdout);
+    let added: BTreeSet<&str> = seen
+        .difference(&expected)
+        .map(|line| line.split('=').next().unwrap())
+        .collect();
+    assert!(seen.is_superset(&expected), "{seen:?}");
+    assert_eq!(added, BTreeSet::from(["PWD", "SHLVL"]), "{seen:?}");
 
     // Through bash, the only additions are the ones bash itself makes for its children.
     let ran = script("env").run();
@@ -784,7 +791,21 @@ fn an_existing_job_dir_is_refused_and_left_alone() {
 }
 
 #[test]
-fn argv_mode_runs_without_a_shell() {
+fn argv_mode_runs_exactly_the_argv_through_the_shell() {
+    // DESIGN §5: every job is started by QVM_REMOTE_SHELL. A wrapper standing in for it
+    // records that it ran, then hands over to bash.
+    let side = TempDir::shared("shell");
+    let wrapper = side.path.join("shell");
+    let record = side.path.join("ran");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\necho \"$@\" >> {}\nexec /bin/bash \"$@\"\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["/bin/echo", "$(id)", "a b", ";", "*", "`x`"],
@@ -792,13 +813,33 @@ fn argv_mode_runs_without_a_shell() {
         ),
         // A bare program name is looked up in the job's PATH.
         (&["echo", "$HOME"], "$HOME\n"),
-        (&["printf", "%s|", "x", "y z"], "x|y z|"),
+        (
+            &["printf", "%s|", "x", "y z", "it's", "", "a'b"],
+            "x|y z|it's||a'b|",
+        ),
     ];
-    for (words, expected) in cases {
-        let ran = argv(words).run();
+    for (i, (words, expected)) in cases.iter().enumerate() {
+        let mut job = argv(words);
+        job.shell = wrapper.clone();
+        let ran = job.run();
         assert_eq!(text(&ran.outcome.stdout), *expected, "{words:?}");
         assert_eq!(ran.outcome.termination, Termination::Exited(0));
+        let runs = fs::read_to_string(&record).unwrap();
+        assert_eq!(runs.lines().count(), i + 1, "{runs}");
+        assert!(runs.starts_with("--noprofile --norc /"), "{runs}");
     }
+    // The shell became the program: the job's main process is the program itself.
+    let ran = argv(&["sh", "-c", "cat /proc/$PPID/comm"]).run();
+    assert_eq!(ran.outcome.termination, Termination::Exited(0));
+    assert_ne!(text(&ran.outcome.stdout), "bash\n");
+    // A program that does not exist is the shell's 127, as for any command.
+    let ran = argv(&["nonexistent-cmd-xyz"]).run();
+    assert_eq!(ran.outcome.termination, Termination::Exited(127));
+    assert!(
+        text(&ran.outcome.stderr).contains("not found"),
+        "{:?}",
+        ran.outcome
+    );
 }
 
 #[test]
@@ -815,12 +856,10 @@ fn empty_argv_is_refused() {
 fn spawn_failures_are_reported_and_cleaned_up() {
     let cases = [
         (script("exit 0"), "/nonexistent/bash"),
-        (argv(&["nonexistent-cmd-xyz"]), "nonexistent-cmd-xyz"),
+        (argv(&["true"]), "/nonexistent/bash"),
     ];
     for (mut job, program) in cases {
-        if job.argv.is_none() {
-            job.shell = PathBuf::from(program);
-        }
+        job.shell = PathBuf::from(program);
         let run_dir = TempDir::new("run");
         let id = new_id();
         let result = job.try_run_in(&run_dir.path, &id, &AtomicBool::new(false), &|_, _| {});

@@ -185,26 +185,21 @@ fn shell_tricks_fail_through_the_daemon_and_nothing_runs() {
 }
 
 #[test]
-fn simple_commands_run_without_a_shell() {
-    // Even at `full`, scripts run through bash and simple commands as an argv; bash
-    // would have added SHLVL, PWD and _ to env's environment.
+fn simple_commands_run_as_exactly_their_argv() {
+    // Even at `full`, a simple command runs as the argv that was decided: its first word
+    // is the executable it resolved to, the rest as written. A script runs as written,
+    // so bash passes the program name as typed.
     let sim = running_with_policy(&["work"], "work level full\n");
-    let (c, out, err) = run(&sim, "work", &["env"]);
+    let cat = ["/usr/bin/cat", "/bin/cat"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap();
+    let (c, out, err) = run(&sim, "work", &["cat", "/proc/self/cmdline"]);
     assert_eq!(c, 0, "{err}");
-    let mut names: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "HOME",
-            "LANG",
-            "PATH",
-            "QVM_REMOTE_ID",
-            "QVM_REMOTE_VM",
-            "TERM"
-        ],
-        "{out}"
-    );
+    assert_eq!(out, format!("{cat}\0/proc/self/cmdline\0"));
+    let (c, out, err) = run(&sim, "work", &["cat /proc/self/cmdline; true"]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(out, "cat\0/proc/self/cmdline\0");
     let (c, out, _) = run(&sim, "work", &["env | grep -c SHLVL"]);
     assert_eq!((c, out.as_str()), (0, "1\n"), "a script runs in bash");
 }

@@ -13,7 +13,7 @@
 //! - Every authenticated job is decided by the policy gate (DESIGN §7) before it can
 //!   be queued: `deny` answers `denied`; `ask` parks the job outside the worker pool
 //!   until dom0 approves or denies it or its timeout passes; a simple command runs as
-//!   an argv with no shell.
+//!   exactly the argv that was decided (the shell execs it, expanding nothing).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
