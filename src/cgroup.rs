@@ -22,6 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub const JOB_PREFIX: &str = "qvm-remote-";
 /// Name of the directory [`discover`] creates and removes again to prove it may; the
 /// pid and a per-process count follow, so two discoveries at once never share one.
 const PROBE_PREFIX: &str = "qvm-remote-probe-";
+/// What [`discover`] starts inside the probe cgroup (as `sh -c :`).
+const PROBE_PROGRAM: &str = "/bin/sh";
 /// Where the kernel describes this process's mounts.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 /// Where the kernel names this process's cgroups.
@@ -104,7 +107,8 @@ impl JobCgroups {
 }
 
 /// Finds the daemon's own cgroup v2 directory and proves that a job cgroup can be
-/// created, entered, killed and removed there.
+/// created, entered (by a short-lived `sh -c :`) and removed there, and that the kernel
+/// has `cgroup.kill`.
 pub fn discover() -> Result<JobCgroups, Unavailable> {
     let mountinfo = read_proc(MOUNTINFO, MAX_MOUNTINFO)?;
     let own = read_proc(SELF_CGROUP, MAX_SELF_CGROUP)?;
@@ -129,11 +133,29 @@ pub fn discover() -> Result<JobCgroups, Unavailable> {
     }
     let kill_file = probe.join("cgroup.kill");
     let has_kill = kill_file.exists();
-    let opened = OpenOptions::new()
+    // A process must really be able to enter it: a container's cgroup mount may allow
+    // mkdir but not the move (delegation boundaries), and a job must never fail to
+    // start because of that.
+    let entered = OpenOptions::new()
         .write(true)
-        .open(probe.join("cgroup.procs"));
+        .open(probe.join("cgroup.procs"))
+        .and_then(|procs| {
+            let mut command = Command::new(PROBE_PROGRAM);
+            command
+                .args(["-c", ":"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            crate::sys::enter_cgroup_on_exec(&mut command, OwnedFd::from(procs));
+            command.status()
+        })
+        .and_then(|status| match status.success() {
+            true => Ok(()),
+            false => Err(io::Error::other(format!("{PROBE_PROGRAM} said {status}"))),
+        });
+    // The probe process has been reaped, so the probe is empty again.
     let removed = fs::remove_dir(&probe);
-    opened.map_err(probe_error)?;
+    entered.map_err(probe_error)?;
     removed.map_err(probe_error)?;
     if !has_kill {
         return Err(Unavailable::NoKillFile(kill_file));

@@ -599,3 +599,44 @@ fn a_job_frame_with_an_unparsable_header_is_answered_and_ends_the_session() {
     );
     assert!(said.contains("\nreason malformed job: created\n"), "{said}");
 }
+
+#[test]
+fn start_says_how_jobs_are_contained() {
+    // The daemon uses job cgroups exactly where this process could (same user, same
+    // system), and says which in its START line; without them it says why.
+    let mut sim = running_sim(&["work"]);
+    assert!(wait_for(Duration::from_secs(10), || sim
+        .log_text()
+        .contains(" START ")));
+    sim.stop_daemon();
+    let log = sim.log_text();
+    let start = log.lines().find(|l| l.contains(" START ")).unwrap();
+    match qvm_remote::cgroup::discover() {
+        Ok(found) => assert!(
+            start.contains(&format!("containment=cgroup:{}", found.base().display())),
+            "{start}"
+        ),
+        Err(_) => assert!(
+            start.contains("containment=session") && start.contains(" no_cgroup="),
+            "{start}"
+        ),
+    }
+}
+
+#[test]
+fn a_process_that_leaves_the_job_session_dies_with_the_job() {
+    if let Err(why) = qvm_remote::cgroup::discover() {
+        eprintln!("skipped: no job cgroups here: {why}");
+        return;
+    }
+    let sim = running_sim(&["work"]);
+    let sleeper = format!("sleep 60.{}3", std::process::id());
+    let cmd = format!("setsid {sleeper} & sleep 0.3; echo started");
+    let out = sim.client("work", &[&cmd]);
+    assert_eq!(stdout(&out), "started\n", "{}", stderr(&out));
+    assert!(
+        wait_for(Duration::from_secs(5), || processes_matching(&sleeper)
+            .is_empty()),
+        "the escaped process outlived its job"
+    );
+}
