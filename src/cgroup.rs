@@ -3,12 +3,18 @@
 //! A job's processes share its process group and session, and `exec` kills both when
 //! the job ends. A process that calls `setsid()` itself leaves both, and only a cgroup
 //! still holds it: a child cannot leave its cgroup without write access to a cgroup
-//! file, which the kernel checks against the cgroup tree, not the session. So when the
-//! daemon may create cgroups below its own (root on a cgroup v2 system, and under
-//! systemd with `Delegate=yes`), each job is started inside a fresh
+//! file, which the kernel checks against the cgroup tree, not the session. So with
+//! `QVM_REMOTE_JOB_CGROUP=yes`, when the daemon may create cgroups below its own (root
+//! on a cgroup v2 system, and under systemd with `Delegate=yes`), each job is started
+//! inside a fresh
 //! `<daemon's cgroup>/qvm-remote-<id>/`, and when the job ends `cgroup.kill` SIGKILLs
 //! everything still in it. Signalling through the cgroup names no pid, so it cannot
 //! reach a stranger that reused one.
+//!
+//! The price is the move: the child's write to `cgroup.procs` takes the kernel's
+//! cgroup-threadgroup lock for writing, which waits for an RCU grace period (a few
+//! milliseconds, up to about 20 ms, unless another move happened just before). That is
+//! why the key is off by default.
 //!
 //! Only the core cgroup v2 files are used (`cgroup.procs`, `cgroup.kill`,
 //! `cgroup.events`): no controller is enabled, so the daemon may stay in its own cgroup

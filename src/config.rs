@@ -81,6 +81,8 @@ pub struct Config {
     pub log: PathBuf,
     /// `QVM_REMOTE_PANEL_ADDR`.
     pub panel_addr: SocketAddr,
+    /// `QVM_REMOTE_JOB_CGROUP` (not in DESIGN §6): run each job in a cgroup of its own.
+    pub job_cgroup: bool,
 }
 
 /// Where a setting came from, for error messages.
@@ -121,7 +123,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every key the config knows, in the order DESIGN §6 lists them.
+/// Every key the config knows, in the order DESIGN §6 lists them, then our own.
 pub const KEYS: &[&str] = &[
     "QVM_REMOTE_VMS",
     "QVM_REMOTE_VM_USER",
@@ -141,6 +143,7 @@ pub const KEYS: &[&str] = &[
     "QVM_REMOTE_RUN_DIR",
     "QVM_REMOTE_LOG",
     "QVM_REMOTE_PANEL_ADDR",
+    "QVM_REMOTE_JOB_CGROUP",
 ];
 
 impl Default for Config {
@@ -164,6 +167,7 @@ impl Default for Config {
             run_dir: "/run/qvm-remote".into(),
             log: "/var/log/qubes/qvm-remote.log".into(),
             panel_addr: SocketAddr::from(([127, 0, 0, 1], 9876)),
+            job_cgroup: false,
         }
     }
 }
@@ -295,6 +299,13 @@ impl Config {
                     return Err("the panel binds loopback only (127.0.0.1 or ::1)".into());
                 }
                 self.panel_addr = addr;
+            }
+            "QVM_REMOTE_JOB_CGROUP" => {
+                self.job_cgroup = match value {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err("must be yes or no".into()),
+                }
             }
             _ => return Err(format!("unknown key {:?}", escape(key))),
         }
@@ -445,6 +456,9 @@ mod tests {
         assert_eq!(c.replay_window, 600);
         assert_eq!(c.agent, "qvm-remote agent");
         assert_eq!(c.panel_addr.to_string(), "127.0.0.1:9876");
+        assert!(!c.job_cgroup);
+        assert!(parse("QVM_REMOTE_JOB_CGROUP=yes\n").unwrap().job_cgroup);
+        assert!(!parse("QVM_REMOTE_JOB_CGROUP=no\n").unwrap().job_cgroup);
     }
 
     #[test]
@@ -480,6 +494,7 @@ mod tests {
             ("QVM_REMOTE_VMS=\"work\n", 1, "quotes"),
             ("just words\n", 1, "KEY=value"),
             ("QVM_REMOTE_VM_USER=Root\n", 1, "user name"),
+            ("QVM_REMOTE_JOB_CGROUP=1\n", 1, "yes or no"),
         ];
         for (text, line, what) in table {
             let e = parse(text).unwrap_err();

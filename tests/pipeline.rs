@@ -604,13 +604,27 @@ fn a_job_frame_with_an_unparsable_header_is_answered_and_ends_the_session() {
 fn start_says_how_jobs_are_contained() {
     // The daemon uses job cgroups exactly where this process could (same user, same
     // system), and says which in its START line; without them it says why.
+    let start_line = |sim: &mut Sim| {
+        assert!(wait_for(Duration::from_secs(10), || sim
+            .log_text()
+            .contains(" START ")));
+        sim.stop_daemon();
+        let log = sim.log_text();
+        log.lines()
+            .find(|l| l.contains(" START "))
+            .unwrap()
+            .to_string()
+    };
+    // Not asked for: the group and the session only.
     let mut sim = running_sim(&["work"]);
-    assert!(wait_for(Duration::from_secs(10), || sim
-        .log_text()
-        .contains(" START ")));
-    sim.stop_daemon();
-    let log = sim.log_text();
-    let start = log.lines().find(|l| l.contains(" START ")).unwrap();
+    let start = start_line(&mut sim);
+    assert!(start.contains(" containment=session "), "{start}");
+    assert!(!start.contains("no_cgroup="), "{start}");
+    // Asked for: used exactly where this process could use them.
+    let mut sim = Sim::new(&["work"]);
+    sim.set("QVM_REMOTE_JOB_CGROUP", "yes");
+    sim.start_daemon();
+    let start = start_line(&mut sim);
     match qvm_remote::cgroup::discover() {
         Ok(found) => assert!(
             start.contains(&format!("containment=cgroup:{}", found.base().display())),
@@ -629,7 +643,9 @@ fn a_process_that_leaves_the_job_session_dies_with_the_job() {
         eprintln!("skipped: no job cgroups here: {why}");
         return;
     }
-    let sim = running_sim(&["work"]);
+    let mut sim = Sim::new(&["work"]);
+    sim.set("QVM_REMOTE_JOB_CGROUP", "yes");
+    sim.start_daemon();
     let sleeper = format!("sleep 60.{}3", std::process::id());
     let cmd = format!("setsid {sleeper} & sleep 0.3; echo started");
     let out = sim.client("work", &[&cmd]);

@@ -321,10 +321,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
     approval::clear(&cfg.run_dir);
     let sched = Scheduler::start(cfg.max_concurrent).map_err(setup("worker pool"))?;
     let gate = Gate::new(&cfg.policy, &cfg.run_dir);
-    let cgroups = crate::cgroup::discover();
+    // Job cgroups are asked for (they cost each job one cgroup migration, which waits
+    // for an RCU grace period: see ARCHITECTURE.md) and then used where possible.
+    let cgroups = cfg.job_cgroup.then(crate::cgroup::discover);
     let (containment, no_cgroup) = match &cgroups {
-        Ok(found) => (format!("cgroup:{}", found.base().display()), None),
-        Err(why) => ("session".to_string(), Some(why.to_string())),
+        Some(Ok(found)) => (format!("cgroup:{}", found.base().display()), None),
+        Some(Err(why)) => ("session".to_string(), Some(why.to_string())),
+        None => ("session".to_string(), None),
     };
     let shared = Arc::new(Shared {
         cfg,
@@ -335,7 +338,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<(), DaemonError> {
         gate,
         parked: Mutex::new(Vec::new()),
         status_dirty: AtomicBool::new(false),
-        cgroups: cgroups.ok(),
+        cgroups: cgroups.and_then(Result::ok),
     });
     let mode = match (shared.cfg.mode, shared.opts.once) {
         (_, true) => "once",
