@@ -233,7 +233,7 @@ deb: dist
 # The admin panel (src/panel/): its load figure, and its browser test on its own.
 .PHONY: bench-panel panel-browser
 
-# /api/health under 64 keep-alive connections for 10 s: p50/p99, errors, threads.
+# /health under 64 keep-alive connections for 10 s: p50/p99, errors, threads.
 bench-panel:
 	$(CARGO) test --release --test panel bench_health_under_64_keep_alive_connections -- --ignored --nocapture --test-threads 1
 

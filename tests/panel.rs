@@ -45,7 +45,7 @@ fn host_header_must_name_the_panel() {
         format!("localhost:{port}"),
         format!("LOCALHOST:{port}"),
     ] {
-        let r = get_raw(&p, &host, "/api/health", "");
+        let r = get_raw(&p, &host, "/health", "");
         assert_eq!(r.status, 200, "{host}");
         assert_well_formed(&r);
     }
@@ -58,18 +58,23 @@ fn host_header_must_name_the_panel() {
         format!("[::1]:{port}"),
         format!("127.0.0.1:{port}.evil.example"),
     ] {
-        for path in ["/api/health", "/", "/api/session", "/login?token=x"] {
+        for path in ["/health", "/", "/api/session", "/login?token=x"] {
             let r = get_raw(&p, &host, path, "");
             assert_eq!(r.status, 421, "{host} {path}");
             assert_well_formed(&r);
         }
     }
-    // No Host, or two: 400.
-    let r = raw(p.port, b"GET /api/health HTTP/1.1\r\n\r\n").unwrap();
-    assert_eq!(r.status, 400);
-    let req = format!(
-        "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    );
+    // No Host names nothing: 421; two are malformed: 400.
+    for version in ["1.1", "1.0"] {
+        let req = format!("GET /health HTTP/{version}\r\n\r\n");
+        assert_eq!(
+            raw(p.port, req.as_bytes()).unwrap().status,
+            421,
+            "{version}"
+        );
+    }
+    let req =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: 127.0.0.1:{port}\r\n\r\n");
     assert_eq!(raw(p.port, req.as_bytes()).unwrap().status, 400);
 }
 
@@ -163,7 +168,7 @@ fn api_needs_a_valid_session() {
         }
     }
     // Health is public; the page itself too (it holds no data).
-    assert_eq!(get_raw(&p, &host, "/api/health", "").status, 200);
+    assert_eq!(get_raw(&p, &host, "/health", "").status, 200);
     assert_eq!(get_raw(&p, &host, "/", "").status, 200);
     // After logout the cookie is dead.
     let r = c.post("/api/logout", "{}");
@@ -268,20 +273,20 @@ fn limits_one_past_each() {
     // One header line: MAX_LINE fine, one more 431.
     let name = "X-Filler: ";
     let ok = format!("{name}{}\r\n", "b".repeat(MAX_LINE - name.len()));
-    assert_eq!(get_raw(&p, &host, "/api/health", &ok).status, 200);
+    assert_eq!(get_raw(&p, &host, "/health", &ok).status, 200);
     let long = format!("{name}{}\r\n", "b".repeat(MAX_LINE - name.len() + 1));
-    assert_eq!(get_raw(&p, &host, "/api/health", &long).status, 431);
+    assert_eq!(get_raw(&p, &host, "/health", &long).status, 431);
     // Header count: Host + Connection + (MAX_HEADERS - 2) fine; one more is 431.
     let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
     assert_eq!(
-        get_raw(&p, &host, "/api/health", &many(MAX_HEADERS - 2)).status,
+        get_raw(&p, &host, "/health", &many(MAX_HEADERS - 2)).status,
         200
     );
     assert_eq!(
-        get_raw(&p, &host, "/api/health", &many(MAX_HEADERS - 1)).status,
+        get_raw(&p, &host, "/health", &many(MAX_HEADERS - 1)).status,
         431
     );
-    assert_eq!(get_raw(&p, &host, "/api/health", &many(5000)).status, 431);
+    assert_eq!(get_raw(&p, &host, "/health", &many(5000)).status, 431);
     // Body: MAX_BODY accepted (and then refused as JSON), one more 413 before reading.
     let big = format!("{{\"x\": \"{}\"}}", "c".repeat(MAX_BODY - 9));
     assert_eq!(big.len(), MAX_BODY);
@@ -384,11 +389,11 @@ fn malformed_requests_are_refused_and_the_server_survives() {
             400,
         ),
         (
-            format!("GET /api/health?a=%zz HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            format!("GET /health?a=%zz HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
             400,
         ),
         (
-            format!("GET /api/health?a=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
+            format!("GET /health?a=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
             400,
         ),
     ];
@@ -403,7 +408,7 @@ fn malformed_requests_are_refused_and_the_server_survives() {
     noise.write_all(&[0u8; 20_000]).unwrap();
     let r = read_response(&mut noise).unwrap();
     assert_eq!(r.status, 414);
-    let r = get_raw(&p, &host, "/api/health", "");
+    let r = get_raw(&p, &host, "/health", "");
     assert_eq!(r.status, 200);
 }
 
@@ -415,12 +420,12 @@ fn slow_head_gets_408_at_the_deadline_and_idle_connections_do_not_block() {
     let idle: Vec<TcpStream> = (0..50).map(|_| connect(p.port)).collect();
     let mut slow: Vec<TcpStream> = (0..10).map(|_| connect(p.port)).collect();
     for s in &mut slow {
-        s.write_all(b"GET /api/health HTTP/1.1\r\nHo").unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
     // A real request still gets through at once.
     let t = Instant::now();
-    let r = get_raw(&p, &host, "/api/health", "");
+    let r = get_raw(&p, &host, "/health", "");
     assert_eq!(r.status, 200);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     // Keep the slow ones trickling; they still hit the head deadline.
@@ -440,7 +445,7 @@ fn slow_head_gets_408_at_the_deadline_and_idle_connections_do_not_block() {
     );
     // The idle connections are still open and usable (idle timeout is longer).
     let mut one = idle.into_iter().next().unwrap();
-    one.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+    one.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .unwrap();
     assert_eq!(read_response(&mut one).unwrap().status, 200);
 }
@@ -451,14 +456,14 @@ fn keep_alive_and_pipelining() {
     let host = p.host();
     let mut s = connect(p.port);
     for _ in 0..5 {
-        s.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        s.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
             .unwrap();
         let r = read_response(&mut s).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), Some("keep-alive"));
     }
     // Three requests in one write: three answers, in order.
-    let one = format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let one = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
     let bad = format!("GET /nope HTTP/1.1\r\nHost: {host}\r\n\r\n");
     s.write_all(format!("{one}{bad}{one}").as_bytes()).unwrap();
     assert_eq!(read_response(&mut s).unwrap().status, 200);
@@ -466,7 +471,7 @@ fn keep_alive_and_pipelining() {
     assert_eq!(read_response(&mut s).unwrap().status, 200);
     // Connection: close is honoured.
     s.write_all(
-        format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .unwrap();
     let r = read_response(&mut s).unwrap();
@@ -843,7 +848,7 @@ fn read_buffered(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     }
 }
 
-/// `make bench-panel`: /api/health under 64 keep-alive connections for 10 s.
+/// `make bench-panel`: /health under 64 keep-alive connections for 10 s.
 #[test]
 #[ignore]
 fn bench_health_under_64_keep_alive_connections() {
@@ -862,9 +867,9 @@ fn bench_health_under_64_keep_alive_connections() {
     };
     // The worker pool starts right after the address file is written: one request
     // first, so "before" counts the whole pool.
-    assert_eq!(get_raw(&p, &p.host(), "/api/health", "").status, 200);
+    assert_eq!(get_raw(&p, &p.host(), "/health", "").status, 200);
     let before = threads(p.pid());
-    let req = format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n\r\n", p.host());
+    let req = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", p.host());
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let peak = std::sync::atomic::AtomicUsize::new(before);
     let results: Vec<(Vec<u32>, usize)> = std::thread::scope(|scope| {
@@ -911,7 +916,7 @@ fn bench_health_under_64_keep_alive_connections() {
     let errors: usize = results.iter().map(|(_, e)| e).sum();
     all.sort_unstable();
     let pct = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
-    println!("panel /api/health, {CONNECTIONS} keep-alive connections, {SECONDS} s:");
+    println!("panel /health, {CONNECTIONS} keep-alive connections, {SECONDS} s:");
     println!("  requests   {}", all.len());
     println!(
         "  throughput {:.0} req/s",

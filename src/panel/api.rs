@@ -169,7 +169,8 @@ pub const fn opt(
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone who names the right Host (`/api/health`).
+    /// Anyone who names the right Host (`/health`; never an `/api/` path, since DESIGN
+    /// §8 gives every API call without a session 401).
     Public,
     /// A logged-in session.
     Session,

@@ -224,8 +224,17 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, HttpError> {
         return Err(HttpError::new(431, "too many header fields"));
     }
     let count = |name: &str| headers.iter().filter(|(n, _)| n == name).count();
-    if count("host") != 1 {
-        return Err(HttpError::new(400, "exactly one Host header is required"));
+    // DESIGN §8: a request that does not name the panel in Host gets 421, so one with
+    // no Host at all does too; two Host headers are a malformed request.
+    match count("host") {
+        0 => {
+            return Err(HttpError::new(
+                421,
+                "a Host header naming the panel is required",
+            ))
+        }
+        1 => {}
+        _ => return Err(HttpError::new(400, "exactly one Host header is allowed")),
     }
     if count("transfer-encoding") > 0 {
         return Err(HttpError::new(
@@ -610,7 +619,7 @@ mod tests {
     #[test]
     fn refuses_malformed_heads() {
         let table: &[(&str, u16)] = &[
-            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 421),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("GET / HTTP/1.1 x\r\nHost: a\r\n\r\n", 400),

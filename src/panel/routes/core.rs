@@ -8,9 +8,9 @@ use crate::json::{Array, Object};
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: Method::Get,
-        path: "/api/health",
+        path: "/health",
         tag: "session",
-        summary: "Liveness check; needs no session",
+        summary: "Liveness check; outside /api/ because it needs no session (every API call does)",
         fields: &[],
         access: Access::Public,
         runs_command: false,

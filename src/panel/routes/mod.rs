@@ -40,3 +40,22 @@ const TABLES: &[&[Endpoint]] = &[
 pub fn endpoints() -> impl Iterator<Item = &'static Endpoint> {
     TABLES.iter().flat_map(|t| t.iter())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::api::Access;
+    use super::*;
+
+    #[test]
+    fn every_api_call_needs_a_session_and_public_ones_are_outside_the_api() {
+        // DESIGN §8: an API call without a valid session gets 401.
+        let mut public = 0;
+        for e in endpoints() {
+            if e.access == Access::Public {
+                public += 1;
+                assert!(!e.path.starts_with("/api/"), "{} is public", e.path);
+            }
+        }
+        assert_eq!(public, 1, "only the liveness check needs no session");
+    }
+}
