@@ -11,14 +11,18 @@
 //!   that bash would run as one external program, with no expansion of any kind, is an
 //!   argv that argv patterns can match; every other body is `@script`;
 //! - the matcher ([`Policy::decide`]): first match wins, no match denies;
-//! - the shadowing check of `policy lint` ([`Policy::shadowed`]).
+//! - the checks of `policy lint`: rules no job can match ([`Policy::dead_rules`]) and
+//!   rules an earlier one shadows ([`Policy::shadowed`]).
 //!
 //! Pattern words: `*` as the last word matches all remaining words (none included), `*`
 //! elsewhere matches exactly one word, `?` matches exactly one word wherever it stands
 //! (so a pattern can end in "exactly one more word"), any other word matches only
 //! itself, and the program word matches the command's first word as written. `?` is an
 //! addition to DESIGN §7: as a literal it could never match (the classifier refuses
-//! glob characters), so giving it a meaning changes no policy that worked before.
+//! glob characters), so giving it a meaning changes no policy that worked before. A word
+//! that no simple command can hold in its place (`qvm-ls;`, `'x'`, `qvm-*`, or a shell
+//! builtin as the program word) is still a word: the rule parses and never matches, so
+//! it cannot take the rest of the file down; `policy lint` reports it.
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -236,6 +240,21 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    /// The first word that keeps this pattern from ever matching, and why: a glob
+    /// inside a word, a byte no plain word holds, or a program word that bash would
+    /// run itself (or that is an assignment or a relative path).
+    pub fn dead_word(&self) -> Option<Syntax> {
+        let Pattern::Argv(words) = self else {
+            return None;
+        };
+        words.iter().enumerate().find_map(|(i, word)| match word {
+            Word::Lit(w) if w.contains(['*', '?', '[', ']']) => Some(Syntax::GlobInWord(w.clone())),
+            Word::Lit(w) if !is_plain_word(w) => Some(Syntax::NotPlain(w.clone())),
+            Word::Lit(w) if i == 0 && !can_be_program(w) => Some(Syntax::BadProgram(w.clone())),
+            _ => None,
+        })
+    }
+
     fn matches(&self, cmd: &Command) -> bool {
         match (self, cmd) {
             (Pattern::Script, Command::Script) => true,
@@ -423,6 +442,15 @@ impl Policy {
         }
     }
 
+    /// Rules that no job can ever match, because a word of theirs can never be a word
+    /// of a simple command in its place, with the reason (for `policy lint`).
+    pub fn dead_rules(&self) -> Vec<(&Rule, Syntax)> {
+        self.rules
+            .iter()
+            .filter_map(|rule| rule.pattern.dead_word().map(|why| (rule, why)))
+            .collect()
+    }
+
     /// Rules that can never match because an earlier rule, on an earlier line, matches
     /// every job they match: `(shadowed, shadowing)` pairs, first shadowing rule only.
     /// For a `level` line, only a line whose every rule is shadowed is reported (by its
@@ -569,7 +597,7 @@ impl fmt::Display for Syntax {
             Syntax::ScriptNotAlone => f.write_str("@script must be the whole pattern"),
             Syntax::GlobInWord(w) => write!(
                 f,
-                "{w:?}: patterns have no globs; `*` and `?` must be words of their own"
+                "{w:?} can never match: patterns have no globs; `*` and `?` must be words of their own"
             ),
             Syntax::NotPlain(w) => write!(
                 f,
@@ -747,9 +775,9 @@ fn parse_pattern(words: &[&str]) -> Result<Pattern, Syntax> {
         let word = match *w {
             "*" if i == last => Word::Rest,
             "*" | "?" => Word::One,
-            w if w.contains(['*', '?', '[', ']']) => return Err(Syntax::GlobInWord(w.into())),
-            w if !is_plain_word(w) => return Err(Syntax::NotPlain(w.into())),
-            w if i == 0 && !can_be_program(w) => return Err(Syntax::BadProgram(w.into())),
+            // DESIGN §7: any other word matches only itself. One that no simple command
+            // can hold (`qvm-ls;`, `'x'`, `qvm-*`, or `echo` as the program) is kept:
+            // the rule parses and never matches, and `policy lint` says why.
             w => Word::Lit(w.to_string()),
         };
         out.push(word);
@@ -1248,6 +1276,42 @@ mod tests {
     }
 
     #[test]
+    fn rules_no_simple_command_can_match_parse_and_never_match() {
+        // DESIGN §7: any other word matches only itself, so these parse; no job can
+        // match them, and lint says why.
+        let table: &[(&str, &str)] = &[
+            ("qvm-*", "no globs"),
+            ("ls x?", "no globs"),
+            ("qvm-ls;", "can never match"),
+            ("'qvm-ls'", "can never match"),
+            ("echo *", "program word"),
+            ("./qvm-ls", "program word"),
+            ("FOO=1 ls", "program word"),
+        ];
+        for (pattern, why) in table {
+            let text = format!("work allow {pattern}\nwork deny @script\nwork ask *\n");
+            let pol = Policy::parse(Path::new("/p"), &text).unwrap();
+            let dead = pol.dead_rules();
+            assert_eq!(dead.len(), 1, "{pattern}");
+            assert_eq!(dead[0].0.line, 1);
+            assert!(
+                dead[0].1.to_string().contains(why),
+                "{pattern}: {}",
+                dead[0].1
+            );
+        }
+        // The dead rule does not take the file down: the rules after it still apply.
+        let pol = policy("work allow echo *\nwork allow @script\n");
+        assert_eq!(decide(&pol, "work", &Command::Script), Action::Allow);
+        let pol = policy("work allow qvm-ls;\nwork ask qvm-ls *\n");
+        assert_eq!(decide(&pol, "work", &simple("qvm-ls")), Action::Ask);
+        assert!(Policy::parse(Path::new("/p"), "work allow qvm-ls *\n")
+            .unwrap()
+            .dead_rules()
+            .is_empty());
+    }
+
+    #[test]
     fn syntax_errors_name_the_line() {
         let table: &[(&str, usize, &str)] = &[
             ("work allow\n", 1, "want `VM ACTION"),
@@ -1257,12 +1321,6 @@ mod tests {
             ("work level admin\n", 1, "unknown level"),
             ("work level full extra\n", 1, "exactly one level"),
             ("work allow ls @script\n", 1, "whole pattern"),
-            ("work allow qvm-*\n", 1, "no globs"),
-            ("work allow qvm-ls;\n", 1, "can never match"),
-            ("work allow 'qvm-ls'\n", 1, "can never match"),
-            ("work allow echo *\n", 1, "program word"),
-            ("work allow ./qvm-ls\n", 1, "program word"),
-            ("work allow FOO=1 ls\n", 1, "program word"),
             ("work allow ls \u{e9}\n", 1, "printable ASCII"),
             (
                 &format!("work allow {}\n", "x ".repeat(MAX_PATTERN_WORDS + 1)),

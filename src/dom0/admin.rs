@@ -107,6 +107,10 @@ fn lint(cfg: &Config, file: Option<&Path>) -> Result<(), CliError> {
             errors.push(format!("{at}: unknown VM {vm}"));
         }
     }
+    for (rule, why) in pol.dead_rules() {
+        // `why` names the word and says that it can never match.
+        errors.push(format!("{}:{}: {why}", path.display(), rule.line));
+    }
     for (rule, by) in pol.shadowed() {
         errors.push(format!(
             "{}:{}: unreachable: `{rule}` is shadowed by line {} (`{by}`)",
