@@ -508,6 +508,16 @@ fn dev_mode_elevates_until_off_and_survives_a_daemon_restart() {
     let out = sim.dom0_cmd(&["dev-mode", "off", "work"], b"");
     assert_eq!(code(&out), 0);
     assert_eq!(run(&sim, "work", &["id", "-u"]).0, 126);
+    // `dev-mode off` with no VM ends every overlay; the options may come first.
+    let out = sim.dom0_cmd(&["dev-mode", "on", "--minutes", "5", "work"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(run(&sim, "work", &["id", "-u"]).0, 0);
+    let out = sim.dom0_cmd(&["dev-mode", "off"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "dev mode off for work\n");
+    assert_eq!(run(&sim, "work", &["id", "-u"]).0, 126);
+    let out = sim.dom0_cmd(&["dev-mode", "off"], b"");
+    assert_eq!(stdout(&out), "dev mode was not on for any VM\n");
     assert!(wait_for(Duration::from_secs(5), || sim
         .log_text()
         .contains(" DEVMODE vm=work state=off")));

@@ -244,7 +244,7 @@ pub fn decide(cfg: &Config, id: &str, verdict: Approval) -> Result<(), CliError>
 pub fn dev_mode(cfg: &Config, args: &[&str]) -> Result<(), CliError> {
     let now = time::unix_now();
     match args {
-        ["on", vm, "--minutes", n] => {
+        ["on", vm, "--minutes", n] | ["on", "--minutes", n, vm] => {
             let vm = served_vm(cfg, vm)?;
             let minutes: u64 = n
                 .parse()
@@ -270,6 +270,20 @@ pub fn dev_mode(cfg: &Config, args: &[&str]) -> Result<(), CliError> {
             }
             Ok(())
         }
+        // DESIGN §7 says the elevation ends "on `dev-mode off`": with no VM, for all.
+        ["off"] => {
+            let mut ended = 0;
+            for (vm, _) in devmode::list(&cfg.run_dir, now) {
+                if devmode::turn_off(&cfg.run_dir, &vm).map_err(|e| failed(e.to_string()))? {
+                    println!("dev mode off for {vm}");
+                    ended += 1;
+                }
+            }
+            if ended == 0 {
+                println!("dev mode was not on for any VM");
+            }
+            Ok(())
+        }
         ["status"] => {
             let list = devmode::list(&cfg.run_dir, now);
             if list.is_empty() {
@@ -291,7 +305,7 @@ pub fn dev_mode(cfg: &Config, args: &[&str]) -> Result<(), CliError> {
             Ok(())
         }
         _ => Err(usage(&format!(
-            "dev-mode: want on VM --minutes N ({}-{}), off VM or status",
+            "dev-mode: want on VM --minutes N ({}-{}), off [VM] or status",
             devmode::MIN_MINUTES,
             devmode::MAX_MINUTES
         ))),

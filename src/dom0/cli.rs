@@ -27,7 +27,7 @@ usage: qvm-remote-dom0 [--config FILE] [--vm VM] [--once] [--dry-run] [-v]
        qvm-remote-dom0 [--config FILE] policy lint [FILE] | policy levels
        qvm-remote-dom0 [--config FILE] policy check VM [--] CMD...  (exit 0 allow, 1 deny, 2 ask)
        qvm-remote-dom0 [--config FILE] pending | approve ID | deny ID
-       qvm-remote-dom0 [--config FILE] dev-mode on VM --minutes N | dev-mode off VM | dev-mode status
+       qvm-remote-dom0 [--config FILE] dev-mode on VM --minutes N | dev-mode off [VM] | dev-mode status
        qvm-remote-dom0 [--config FILE] audit verify [FILE...]
        qvm-remote-dom0 [--config FILE] panel                 (admin panel on QVM_REMOTE_PANEL_ADDR)
        qvm-remote-dom0 [--config FILE] panel url [--open]    (one-time login URL)
