@@ -844,9 +844,6 @@ pub enum ScriptWhy {
     ShellWord,
     /// The first word is a relative path, which depends on the working directory.
     RelativePath,
-    /// The first word names no executable in the fixed PATH (or, as an absolute path,
-    /// no executable file).
-    NotFound,
 }
 
 impl fmt::Display for ScriptWhy {
@@ -856,7 +853,6 @@ impl fmt::Display for ScriptWhy {
             ScriptWhy::Assignment => "starts with an assignment",
             ScriptWhy::ShellWord => "starts with a bash builtin or keyword",
             ScriptWhy::RelativePath => "starts with a relative path",
-            ScriptWhy::NotFound => "its program is not an executable in the fixed PATH",
         })
     }
 }
@@ -915,10 +911,11 @@ pub fn classify(body: &[u8], find: &dyn Fn(&str) -> Option<PathBuf>) -> Classifi
     if first.contains('/') && !first.starts_with('/') {
         return Classified::Script(ScriptWhy::RelativePath);
     }
-    match find(first) {
-        Some(program) => Classified::Simple { words, program },
-        None => Classified::Script(ScriptWhy::NotFound),
-    }
+    // A program word that names no executable is still a simple command (DESIGN §7
+    // defines it by its form): its rule decides, and then the shell, looking the word
+    // up in the same fixed PATH, answers 127 as for any command not found (§5).
+    let program = find(first).unwrap_or_else(|| PathBuf::from(first));
+    Classified::Simple { words, program }
 }
 
 /// What identifies one version of the policy file, so the daemon re-reads it only
@@ -1435,6 +1432,13 @@ mod tests {
     fn classify_resolves_programs_and_refuses_the_rest() {
         let c = classify(b"qvm-ls --raw-list", &fake_path);
         assert_eq!(c.argv().unwrap(), ["/usr/bin/qvm-ls", "--raw-list"]);
+        // A program that is not there keeps its word as written, for the shell to look
+        // up (and answer 127).
+        for body in ["qvm-nothing -x", "/opt/qvm-ls -x"] {
+            let c = classify(body.as_bytes(), &fake_path);
+            assert_eq!(c.argv().unwrap().join(" "), body);
+            assert_eq!(c.command(), simple(body));
+        }
         assert_eq!(c.command(), simple("qvm-ls --raw-list"));
         let table = [
             ("qvm-ls $(id)", ScriptWhy::NotPlainWords),
@@ -1446,8 +1450,6 @@ mod tests {
             ("time qvm-ls", ScriptWhy::ShellWord),
             ("./qvm-ls", ScriptWhy::RelativePath),
             ("bin/qvm-ls", ScriptWhy::RelativePath),
-            ("qvm-nothing", ScriptWhy::NotFound),
-            ("/opt/qvm-ls", ScriptWhy::NotFound),
         ];
         for (body, why) in table {
             assert_eq!(

@@ -136,12 +136,18 @@ fn shell_tricks_never_pass_an_argv_rule() {
     for t in tricks {
         assert_eq!(decide(&p, "work", t), Action::Deny, "{t:?}");
     }
-    // A program not on the fixed PATH is never a simple command, whatever rule names it.
-    let p = Policy::parse(Path::new("/p"), "work allow qvm-nothing *\n").unwrap();
+    // A program not on the fixed PATH is still a simple command: the rules that name
+    // it decide (DESIGN §7 defines a simple command by its form).
+    let p = Policy::parse(
+        Path::new("/p"),
+        "work deny qvm-nothing *\nwork allow @script\nwork allow qvm-other *\n",
+    )
+    .unwrap();
     assert_eq!(decide(&p, "work", "qvm-nothing"), Action::Deny);
+    assert_eq!(decide(&p, "work", "qvm-other x"), Action::Allow);
     assert!(matches!(
         policy::classify(b"qvm-nothing", &qubes_path),
-        Classified::Script(policy::ScriptWhy::NotFound)
+        Classified::Simple { .. }
     ));
 }
 
@@ -698,4 +704,20 @@ fn the_readme_lists_every_level_exactly() {
         readme.contains(&policy::describe_levels()),
         "README.md must hold `qvm-remote-dom0 policy levels` verbatim"
     );
+}
+
+#[test]
+fn a_program_that_is_not_installed_is_decided_by_its_rule_and_the_shell_says_127() {
+    let sim = running_with_policy(
+        &["work"],
+        "work deny qvm-gone-xyz *\nwork allow qvm-missing-xyz *\nwork allow @script\n",
+    );
+    // Allowed by its argv rule, then not found by the shell: DESIGN §5's 127.
+    let (c, _, err) = run(&sim, "work", &["qvm-missing-xyz", "--help"]);
+    assert_eq!(c, 127, "{err}");
+    assert!(err.contains("not found"), "{err}");
+    // Denied by its argv rule, although @script would allow a script.
+    let (c, _, err) = run(&sim, "work", &["qvm-gone-xyz"]);
+    assert_eq!(c, 126, "{err}");
+    assert!(err.contains(":1: work deny qvm-gone-xyz *"), "{err}");
 }
