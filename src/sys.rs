@@ -113,22 +113,24 @@ pub fn sandbox_command(cmd: &mut Command, umask: u32) {
 /// hook owns `procs` for as long as `cmd` exists. A failed write fails the spawn: the
 /// caller asked for containment and does not get a job that silently runs without it.
 pub fn enter_cgroup_on_exec(cmd: &mut Command, procs: OwnedFd) {
-    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed; it makes one write(2) of a static one-byte buffer to a
-    // descriptor the closure owns (so it is open in the child), allocates nothing and
-    // takes no lock.
+    // The hook runs in the forked child before exec, where only async-signal-safe calls
+    // are allowed: `enter_cgroup` makes one write(2) and allocates nothing.
+    // SAFETY: the closure owns `procs` (so it is open in the child) and takes no lock.
     unsafe {
-        cmd.pre_exec(move || {
-            const SELF: &[u8] = b"0";
-            // SAFETY: a valid pointer to SELF.len() readable bytes of a static slice;
-            // the descriptor is owned by this closure, so it is open.
-            let written = libc::write(procs.as_raw_fd(), SELF.as_ptr().cast(), SELF.len());
-            if written == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || enter_cgroup(procs.as_fd()));
     }
+}
+
+/// Writes `0` (this process) to a cgroup's `cgroup.procs`, moving the caller into it.
+fn enter_cgroup(procs: BorrowedFd<'_>) -> io::Result<()> {
+    const SELF: &[u8] = b"0";
+    // SAFETY: a valid pointer to SELF.len() readable bytes of a static slice, and a
+    // descriptor that the borrow keeps open for the call.
+    let written = unsafe { libc::write(procs.as_raw_fd(), SELF.as_ptr().cast(), SELF.len()) };
+    if written == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The body of the pre-exec hook. Runs in the child between fork and exec, so it must
