@@ -29,7 +29,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,6 @@ const MAX_CGROUP_FILE: u64 = 64 * 1024;
 pub const EMPTY_WAIT: Duration = Duration::from_secs(2);
 /// Time between two looks at `cgroup.events` while waiting.
 const EMPTY_POLL: Duration = Duration::from_millis(1);
-/// Longest command id that can name a job cgroup (the DESIGN id is shorter).
-const MAX_ID_LEN: usize = 43;
 
 /// Why job cgroups cannot be used here.
 #[derive(Debug)]
@@ -175,6 +173,8 @@ pub struct JobCgroup {
     dir: PathBuf,
     /// `cgroup.procs`, open for writing: the child writes `0` to it before exec.
     procs: OwnedFd,
+    /// [`JobCgroup::kill`] saw it empty, so dropping it need not kill again.
+    emptied: AtomicBool,
 }
 
 impl JobCgroup {
@@ -190,6 +190,7 @@ impl JobCgroup {
             Ok(file) => Ok(JobCgroup {
                 dir,
                 procs: OwnedFd::from(file),
+                emptied: AtomicBool::new(false),
             }),
             Err(error) => {
                 let _ = fs::remove_dir(&dir);
@@ -207,13 +208,18 @@ impl JobCgroup {
     /// SIGKILLs every process in the cgroup (descendants that left the job's session
     /// included) and waits up to [`EMPTY_WAIT`] until none is left.
     pub fn kill(&self) {
-        kill_and_wait(&self.dir);
+        if kill_and_wait(&self.dir) {
+            self.emptied.store(true, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        kill_and_wait(&self.dir);
+        // Nothing can enter an emptied job cgroup: the job's processes are all gone.
+        if !self.emptied.load(Ordering::Relaxed) {
+            kill_and_wait(&self.dir);
+        }
         // A cgroup still populated after the wait cannot be removed (EBUSY); the next
         // daemon start removes it with the journalled job.
         let _ = fs::remove_dir(&self.dir);
@@ -243,12 +249,7 @@ pub fn kill_leftover(cgroups: &JobCgroups, id: &str) -> usize {
 
 /// The job cgroup's directory; the id must be one safe path component.
 fn job_dir(cgroups: &JobCgroups, id: &str) -> io::Result<PathBuf> {
-    let safe = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
-    if !safe {
+    if !crate::exec::is_safe_id(id) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a command id",
@@ -258,25 +259,27 @@ fn job_dir(cgroups: &JobCgroups, id: &str) -> io::Result<PathBuf> {
 }
 
 /// Writes `1` to `cgroup.kill`, then waits until `cgroup.events` says the cgroup is no
-/// longer populated (zombies do not count), or [`EMPTY_WAIT`] has passed.
-fn kill_and_wait(dir: &Path) {
+/// longer populated (zombies do not count), or [`EMPTY_WAIT`] has passed. True when it
+/// was seen empty.
+fn kill_and_wait(dir: &Path) -> bool {
     let killed = OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.kill"))
         .and_then(|mut file| file.write_all(b"1"));
     if killed.is_err() {
         // Gone already, or not a cgroup: nothing to wait for.
-        return;
+        return false;
     }
     let deadline = Instant::now() + EMPTY_WAIT;
     let events = dir.join("cgroup.events");
     while Instant::now() < deadline {
         match read_bounded(&events, MAX_CGROUP_FILE) {
-            Ok(text) if !is_populated(&text) => return,
+            Ok(text) if !is_populated(&text) => return true,
             Ok(_) => thread::sleep(EMPTY_POLL),
-            Err(_) => return,
+            Err(_) => return false,
         }
     }
+    false
 }
 
 /// Whether a `cgroup.events` text says `populated 1`.
@@ -416,7 +419,14 @@ mod tests {
             job_dir(&cgroups, "20261204-120000-1-00ff").unwrap(),
             PathBuf::from("/sys/fs/cgroup/x/qvm-remote-20261204-120000-1-00ff")
         );
-        for bad in ["", "..", "a/b", "ABC", "x", &"1".repeat(MAX_ID_LEN + 1)] {
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "ABC",
+            "x",
+            &"1".repeat(crate::exec::MAX_ID_LEN + 1),
+        ] {
             assert!(job_dir(&cgroups, bad).is_err(), "{bad:?}");
         }
         assert_eq!(kill_leftover(&cgroups, "../.."), 0);

@@ -103,7 +103,7 @@ const SCRIPT_MODE: u32 = 0o600;
 /// Permission bits that must be clear on a directory we trust: group or other write.
 const UNTRUSTED_WRITE_BITS: u32 = 0o022;
 /// The longest command id the protocol allows: `8 + 1 + 6 + 1 + 10 + 1 + 16` characters.
-const MAX_ID_LEN: usize = 43;
+pub(crate) const MAX_ID_LEN: usize = 43;
 /// How often the main thread looks at the child, the deadline and the cancel flag.
 const WAIT_POLL: Duration = Duration::from_millis(10);
 /// How long a pipe thread waits for its pipe before looking at the stop flag again.
@@ -522,7 +522,7 @@ fn check_trusted_dir(path: &Path) -> Result<(), ExecError> {
 /// A command id must be usable as one path component: non-empty, short, and made only of
 /// digits, lowercase hex letters and dashes, so it can hold neither `/` nor `.`. This is
 /// a guard against path tricks, not the protocol's validation, which the caller has done.
-fn is_safe_id(id: &str) -> bool {
+pub(crate) fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
